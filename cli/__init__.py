@@ -1,0 +1,1 @@
+"""The `lrmil` command line (Typer), installed as `lrmil.cli`."""

@@ -1,0 +1,35 @@
+"""What the commands share: error reporting, the console, option types."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import typer
+
+
+@dataclass
+class State:
+    debug: bool = False
+
+
+state = State()
+
+
+@contextlib.contextmanager
+def known_errors() -> Iterator[None]:
+    """Turn a known error (LrmilError, bad input) into one red line and exit code 1."""
+    from lrmil.errors import LrmilError
+
+    try:
+        yield
+    except (LrmilError, FileNotFoundError, PermissionError) as exc:
+        if state.debug:
+            raise
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.secho("interrupted", fg=typer.colors.YELLOW, err=True)
+        sys.exit(130)

@@ -1,0 +1,48 @@
+"""The `lrmil` Typer app. Commands live one per module and import heavy libraries only inside
+the command, so `lrmil --help` stays fast."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="lrmil",
+    help="Low-resolution MIL for whole slide images, distilled from high resolution.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Modules under lrmil.cli that each register one command on `app`.
+COMMAND_MODULES = ["info"]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from lrmil import __version__
+
+        typer.echo(f"lrmil {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks for known errors.")
+    ] = False,
+) -> None:
+    """lrmil: tile, embed, distill, export and infer, reading only low-resolution patches at
+    inference."""
+    from lrmil.cli import _common
+
+    _common.state.debug = debug
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"lrmil.cli.{_name}")

@@ -1,0 +1,5 @@
+#include "lrmil/bindings.h"
+
+namespace lrmil {
+void bind_attention_pool(pybind11::module_&) {}
+}  // namespace lrmil
