@@ -1,0 +1,143 @@
+"""`timm:<model>` and `torchvision:<model>` encoders: never pretrained from a hub, weights only
+from a local file.
+
+Layer features come from forward hooks, so any architecture works: a ViT's blocks (tokens ->
+grid of patch tokens, pooled = CLS) or a CNN's stages (map -> grid, pooled = spatial mean). The
+layers, their widths and strides are found by one dry run at build time.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from lrmil.encoders.base import IMAGENET_MEAN, IMAGENET_STD, Encoder, LayerFeatures, Preprocess
+from lrmil.encoders.weights import load_weights
+from lrmil.errors import ConfigError, EnvironmentMissingError
+
+# Classifier heads the encoder drops (num_classes=0 / Identity): checkpoints may still hold them.
+HEAD_PREFIXES = ("head.", "fc.", "classifier.", "heads.")
+
+
+def _import(module: str, name: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except Exception as exc:  # absent, or present but broken against this torch
+        raise EnvironmentMissingError(
+            f"encoder {name} needs the '{module}' package, which does not import here ({exc}); "
+            f"install it (pip install {module}) or use a built-in encoder"
+        ) from None
+
+
+def _candidates(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules whose outputs may be layers: a transformer's blocks, timm's feature stages, or
+    the top-level children of a torchvision network."""
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.Sequential | nn.ModuleList):
+        return {f"block{i + 1}": b for i, b in enumerate(blocks)}
+    modules = dict(model.named_modules())
+    info = getattr(model, "feature_info", None)
+    names = (
+        [f["module"] for f in info]
+        if isinstance(info, list)
+        else [n for n, _ in model.named_children()]
+    )
+    return {name.replace(".", "_"): modules[name] for name in names if name in modules}
+
+
+class _Recorder:
+    """Forward hooks that keep the outputs of the named modules during one call."""
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        self.modules = modules
+        self.outputs: dict[str, torch.Tensor] = {}
+
+    def __enter__(self) -> dict[str, torch.Tensor]:
+        self.handles = [
+            m.register_forward_hook(
+                lambda _m, _i, out, name=name: self.outputs.__setitem__(name, out)
+            )
+            for name, m in self.modules.items()
+        ]
+        return self.outputs
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _split(out: torch.Tensor, n_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer output -> (grid (B, G, G, C), pooled (B, C))."""
+    if out.dim() == 4:  # CNN map (B, C, H, W)
+        return out.permute(0, 2, 3, 1), out.mean(dim=(2, 3))
+    side = int((out.shape[1] - n_prefix) ** 0.5)
+    return out[:, n_prefix:].reshape(out.shape[0], side, side, -1), out[:, 0]
+
+
+def _hooked_encoder(
+    name: str, model: nn.Module, mean: Sequence[float], std: Sequence[float], probe: int
+) -> Encoder:
+    n_prefix = int(getattr(model, "num_prefix_tokens", 1))
+    candidates = _candidates(model)
+    with torch.no_grad(), _Recorder(candidates) as outputs:
+        embedding = model.eval()(torch.zeros(1, 3, probe, probe))
+    dims, strides = {}, {}
+    for layer, out in outputs.items():
+        if isinstance(out, torch.Tensor) and out.dim() in (3, 4):
+            grid, _ = _split(out, n_prefix)
+            if grid.shape[1] >= 2 and probe % grid.shape[1] == 0:
+                dims[layer], strides[layer] = grid.shape[-1], probe // grid.shape[1]
+    modules = {layer: candidates[layer] for layer in dims}
+
+    def features(m: nn.Module, x: torch.Tensor, layers: Sequence[str]) -> LayerFeatures:
+        with _Recorder({layer: modules[layer] for layer in layers}) as outs:
+            emb = m(x)
+        split = {layer: _split(outs[layer], n_prefix) for layer in layers}
+        return emb, {k: v[0] for k, v in split.items()}, {k: v[1] for k, v in split.items()}
+
+    return Encoder(
+        name=name,
+        model=model,
+        preprocess=Preprocess(mean, std),
+        dim=embedding.shape[1],
+        precision=torch.bfloat16,
+        layer_dims=dims,
+        layer_strides=strides,
+        default_layers=tuple(dims)[-2:],
+        features_fn=features,
+    )
+
+
+def build_timm(name: str, arch: str, weights: str | None, model_kwargs: dict[str, Any]) -> Encoder:
+    timm = _import("timm", name)
+    try:
+        model = timm.create_model(arch, pretrained=False, num_classes=0, **model_kwargs)
+    except RuntimeError as exc:  # timm's "Unknown model"
+        raise ConfigError(f"encoder {name}: {exc}") from None
+    if weights is not None:
+        load_weights(model, weights, name, ignore_prefixes=HEAD_PREFIXES)
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    probe = int(cfg.get("input_size", (3, 224, 224))[-1])
+    return _hooked_encoder(
+        name, model, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD), probe
+    )
+
+
+def build_torchvision(
+    name: str, arch: str, weights: str | None, model_kwargs: dict[str, Any]
+) -> Encoder:
+    models = _import("torchvision.models", name)
+    try:
+        model = models.get_model(arch, weights=None, **model_kwargs)
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"encoder {name}: {exc}") from None
+    for head in ("fc", "classifier", "heads"):
+        if hasattr(model, head):
+            setattr(model, head, nn.Identity())
+    if weights is not None:
+        load_weights(model, weights, name, ignore_prefixes=HEAD_PREFIXES)
+    return _hooked_encoder(name, model, IMAGENET_MEAN, IMAGENET_STD, probe=224)
