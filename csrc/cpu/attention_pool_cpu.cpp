@@ -1,0 +1,198 @@
+// Gated attention pooling on the CPU (OpenMP).
+//
+// Forward: (1) logits, parallel over rows; (2) per-bag max-subtracted softmax over the T scalar
+// logits, parallel over bags; (3) pooling, parallel over (bag, column block) items, so one huge
+// bag still spreads over every core. proj and x are each read once; the only re-read is of the
+// T logits, which is why the CPU splits the online softmax into these steps.
+// Backward recomputes the gate row by row and keeps only O(T) scalars and O(L) partial sums.
+//
+// Every reduction runs in an order fixed by the shapes, never by thread scheduling, so two
+// runs give bit-identical results whatever the number of threads.
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "lrmil/attention_pool.h"
+
+namespace lrmil {
+namespace {
+
+constexpr int64_t kColumnBlock = 64;   // columns of x per pooling item (256 B of fp32)
+constexpr int64_t kRowChunk = 512;     // rows per partial sum of grad_w (fixed: determinism)
+
+template <typename S>
+void compute_logits(const AttentionPoolParams& p, acc_t<S>* logits) {
+  using A = acc_t<S>;
+  const S* proj = static_cast<const S*>(p.proj);
+  const A* w = static_cast<const A*>(p.w);
+  const A b_w = *static_cast<const A*>(p.b_w);
+  const int64_t L = p.hidden;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < p.n_rows; ++t) {
+    const S* v = proj + t * p.proj_row_stride;
+    const S* u = v + L;
+    A e = 0;
+#pragma omp simd reduction(+ : e)
+    for (int64_t l = 0; l < L; ++l) e += gate_term(load(v + l), load(u + l), w[l]);
+    logits[t] = e + b_w;
+  }
+}
+
+// attn = softmax of the logits within each bag.
+template <typename A>
+void bag_softmax(const int64_t* offsets, int64_t n_bags, const A* logits, A* attn) {
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t b = 0; b < n_bags; ++b) {
+    const int64_t start = offsets[b], end = offsets[b + 1];
+    A max_logit = -INFINITY;
+    for (int64_t t = start; t < end; ++t) max_logit = std::max(max_logit, logits[t]);
+    const A shift = softmax_shift(max_logit);
+    A sum = 0;
+    for (int64_t t = start; t < end; ++t) {
+      attn[t] = std::exp(logits[t] - shift);
+      sum += attn[t];
+    }
+    const A inv = safe_inverse(sum);
+    for (int64_t t = start; t < end; ++t) attn[t] *= inv;
+  }
+}
+
+template <typename S>
+void pool(const AttentionPoolParams& p, const acc_t<S>* attn) {
+  using A = acc_t<S>;
+  const S* x = static_cast<const S*>(p.x);
+  S* pooled = static_cast<S*>(p.pooled);
+  const int64_t blocks = (p.dim + kColumnBlock - 1) / kColumnBlock;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t item = 0; item < p.n_bags * blocks; ++item) {
+    const int64_t b = item / blocks;
+    const int64_t c0 = (item % blocks) * kColumnBlock;
+    const int64_t width = std::min(kColumnBlock, p.dim - c0);
+    A acc[kColumnBlock] = {};
+    for (int64_t t = p.offsets[b]; t < p.offsets[b + 1]; ++t) {
+      const A a = attn[t];
+      const S* row = x + t * p.x_row_stride + c0;
+#pragma omp simd
+      for (int64_t j = 0; j < width; ++j) acc[j] += a * load(row + j);
+    }
+    S* out = pooled + b * p.dim + c0;
+    for (int64_t j = 0; j < width; ++j) store(out + j, acc[j]);
+  }
+}
+
+template <typename S>
+void forward(const AttentionPoolParams& p) {
+  using A = acc_t<S>;
+  A* logits = static_cast<A*>(p.logits);
+  A* attn = static_cast<A*>(p.attn);
+  compute_logits<S>(p, logits);
+  bag_softmax(p.offsets, p.n_bags, logits, attn);
+  pool<S>(p, attn);
+}
+
+// d(loss)/d(attn_t) including the path through pooled, and grad_x = attn_t * grad_pooled[b].
+template <typename S>
+void attn_grad_and_grad_x(const AttentionPoolParams& p, acc_t<S>* grad_a) {
+  using A = acc_t<S>;
+  const S* x = static_cast<const S*>(p.x);
+  const S* gp = static_cast<const S*>(p.grad_pooled);
+  const A* attn = static_cast<const A*>(p.attn);
+  const A* grad_attn = static_cast<const A*>(p.grad_attn);
+  S* grad_x = static_cast<S*>(p.grad_x);
+  const int64_t D = p.dim;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < p.n_rows; ++t) {
+    const S* g = gp + bag_of_row(p.offsets, p.n_bags, t) * p.grad_pooled_row_stride;
+    const S* row = x + t * p.x_row_stride;
+    S* gx = grad_x + t * D;
+    const A a = attn[t];
+    A dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t j = 0; j < D; ++j) {
+      const A gj = load(g + j);
+      dot += gj * load(row + j);
+      store(gx + j, a * gj);
+    }
+    grad_a[t] = dot + (grad_attn ? grad_attn[t] : A(0));
+  }
+}
+
+// Softmax backward within each bag, in place: grad_a (d/d attn) becomes d/d logit.
+template <typename A>
+void bag_softmax_backward(const AttentionPoolParams& p, A* grad) {
+  const A* attn = static_cast<const A*>(p.attn);
+  const A* grad_logits = static_cast<const A*>(p.grad_logits);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t b = 0; b < p.n_bags; ++b) {
+    const int64_t start = p.offsets[b], end = p.offsets[b + 1];
+    A weighted = 0;
+    for (int64_t t = start; t < end; ++t) weighted += attn[t] * grad[t];
+    for (int64_t t = start; t < end; ++t) {
+      grad[t] = attn[t] * (grad[t] - weighted) + (grad_logits ? grad_logits[t] : A(0));
+    }
+  }
+}
+
+// grad_proj row by row from the recomputed gate; grad_w and grad_b_w from per-chunk partials
+// summed in chunk order.
+template <typename S>
+void gate_backward(const AttentionPoolParams& p, const acc_t<S>* grad_logit) {
+  using A = acc_t<S>;
+  const S* proj = static_cast<const S*>(p.proj);
+  const A* w = static_cast<const A*>(p.w);
+  S* grad_proj = static_cast<S*>(p.grad_proj);
+  const int64_t L = p.hidden;
+  const int64_t chunks = (p.n_rows + kRowChunk - 1) / kRowChunk;
+  std::vector<A> partial(static_cast<size_t>(chunks * (L + 1)), A(0));
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    A* gw = partial.data() + c * (L + 1);
+    const int64_t end = std::min(p.n_rows, (c + 1) * kRowChunk);
+    for (int64_t t = c * kRowChunk; t < end; ++t) {
+      const A de = grad_logit[t];
+      const S* v = proj + t * p.proj_row_stride;
+      const S* u = v + L;
+      S* gv = grad_proj + t * 2 * L;
+      S* gu = gv + L;
+#pragma omp simd
+      for (int64_t l = 0; l < L; ++l) {
+        const GateGrad<A> g = gate_term_grad(load(v + l), load(u + l), w[l], de);
+        store(gv + l, g.dv);
+        store(gu + l, g.du);
+        gw[l] += de * g.gate;
+      }
+      gw[L] += de;
+    }
+  }
+  A* grad_w = static_cast<A*>(p.grad_w);
+  A* grad_b_w = static_cast<A*>(p.grad_b_w);
+  std::fill(grad_w, grad_w + L, A(0));
+  *grad_b_w = 0;
+  for (int64_t c = 0; c < chunks; ++c) {
+    const A* gw = partial.data() + c * (L + 1);
+    for (int64_t l = 0; l < L; ++l) grad_w[l] += gw[l];
+    *grad_b_w += gw[L];
+  }
+}
+
+template <typename S>
+void backward(const AttentionPoolParams& p) {
+  using A = acc_t<S>;
+  std::vector<A> grad(static_cast<size_t>(p.n_rows));
+  attn_grad_and_grad_x<S>(p, grad.data());
+  bag_softmax_backward(p, grad.data());
+  gate_backward<S>(p, grad.data());
+}
+
+}  // namespace
+
+void attention_pool_forward_cpu(const AttentionPoolParams& p) {
+  LRMIL_DISPATCH_FLOAT_TYPES(p.dtype, "attention_pool_forward_cpu", [&] { forward<scalar_t>(p); });
+}
+
+void attention_pool_backward_cpu(const AttentionPoolParams& p) {
+  LRMIL_DISPATCH_FLOAT_TYPES(p.dtype, "attention_pool_backward_cpu", [&] { backward<scalar_t>(p); });
+}
+
+}  // namespace lrmil

@@ -1,0 +1,132 @@
+// Gated attention pooling over packed ragged bags: parameters and the per-element math that the
+// CPU and CUDA kernels share.
+//
+//   e_t    = sum_l w_l * tanh(proj[t, l]) * sigmoid(proj[t, L + l]) + b_w     (logits)
+//   attn_t = softmax of e over the bag of t (max-subtracted)                 (attn)
+//   pooled = sum_{t in bag} attn_t * x_t                                     (pooled)
+//
+// Bag b holds rows [offsets[b], offsets[b+1]). Empty bags, and bags whose logits are all -inf,
+// pool to zeros with zero attention and zero gradients.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "lrmil/common.h"
+
+namespace lrmil {
+
+// Sizes and strides are in elements. Columns of proj, x and their gradients are contiguous
+// (unit stride, so the inner loops vectorise); rows may have any stride. w has acc_t storage.
+struct AttentionPoolParams {
+  int64_t n_rows = 0;     // T
+  int64_t n_bags = 0;     // B
+  int64_t hidden = 0;     // L
+  int64_t dim = 0;        // D
+  DType dtype = DType::Float32;  // of proj, x, pooled, grad_pooled, grad_proj, grad_x
+
+  const void* proj = nullptr;    // (T, 2L)
+  int64_t proj_row_stride = 0;
+  const void* x = nullptr;       // (T, D)
+  int64_t x_row_stride = 0;
+  const void* w = nullptr;       // (L,) acc_t
+  const void* b_w = nullptr;     // () acc_t
+  const int64_t* offsets = nullptr;  // (B + 1,)
+
+  // Forward outputs (contiguous): pooled (B, D) in dtype; attn and logits (T,) in acc_t.
+  void* pooled = nullptr;
+  void* attn = nullptr;
+  void* logits = nullptr;
+
+  // Backward inputs: grad_pooled (B, D) in dtype, row stride below; grad_attn and grad_logits
+  // (T,) contiguous acc_t, or null when those outputs got no gradient. attn as saved forward.
+  const void* grad_pooled = nullptr;
+  int64_t grad_pooled_row_stride = 0;
+  const void* grad_attn = nullptr;
+  const void* grad_logits = nullptr;
+
+  // Backward outputs (contiguous): grad_proj (T, 2L), grad_x (T, D) in dtype; grad_w (L,) and
+  // grad_b_w () in acc_t.
+  void* grad_proj = nullptr;
+  void* grad_x = nullptr;
+  void* grad_w = nullptr;
+  void* grad_b_w = nullptr;
+};
+
+// exp in fp32 without library calls or branches, so that loops over the hidden units vectorise
+// (libm's expf does not): Cephes' range reduction and polynomial, ~2 ulp. The argument is
+// clamped so the result is always a finite normal number (exp(-87.3) ~ 1e-38, never 0 or inf),
+// which keeps tanh and sigmoid free of inf / inf.
+LRMIL_HD float exp_approx(float v) {
+  v = v < -87.3f ? -87.3f : v;
+  v = v > 88.3f ? 88.3f : v;
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
+  const float n = (v * 1.44269504088896341f + kRound) - kRound;
+  float r = v - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.0f;
+  return y * bits_to_float((uint32_t)((int32_t)n + 127) << 23);
+}
+LRMIL_HD double exp_approx(double v) { return std::exp(v); }
+
+// tanh and sigmoid through exp of a non-positive argument: no overflow for any input.
+template <typename A> LRMIL_HD A gate_tanh(A v) {
+  const A z = exp_approx(A(-2) * (v < A(0) ? -v : v));
+  const A t = (A(1) - z) / (A(1) + z);
+  return v < A(0) ? -t : t;
+}
+
+template <typename A> LRMIL_HD A gate_sigmoid(A v) {
+  const A z = exp_approx(v < A(0) ? v : -v);  // exp(-|v|)
+  const A s = A(1) / (A(1) + z);
+  return v < A(0) ? z * s : s;
+}
+
+// One hidden unit's contribution to the logit: w * tanh(v) * sigmoid(u).
+template <typename A> LRMIL_HD A gate_term(A v, A u, A w) {
+  return w * gate_tanh(v) * gate_sigmoid(u);
+}
+
+// Gradients of gate_term with respect to v and u, scaled by the logit's gradient de, and
+// the gate value tanh(v) * sigmoid(u) (the w gradient per unit de).
+template <typename A> struct GateGrad { A dv, du, gate; };
+
+template <typename A> LRMIL_HD GateGrad<A> gate_term_grad(A v, A u, A w, A de) {
+  const A a = gate_tanh(v);
+  const A g = gate_sigmoid(u);
+  const A dwg = de * w;
+  return {dwg * (A(1) - a * a) * g, dwg * a * g * (A(1) - g), a * g};
+}
+
+// The softmax shift of a bag: its max logit, or 0 when no logit is finite-or-+inf (empty bag or
+// all -inf), so exp(e - shift) is 0 instead of NaN.
+template <typename A> LRMIL_HD A softmax_shift(A max_logit) {
+  return (max_logit == -INFINITY || max_logit != max_logit) ? A(0) : max_logit;
+}
+
+template <typename A> LRMIL_HD A safe_inverse(A sum) { return sum > A(0) ? A(1) / sum : A(0); }
+
+// Bag holding row t: the last b with offsets[b] <= t among non-empty bags (binary search).
+LRMIL_HD int64_t bag_of_row(const int64_t* offsets, int64_t n_bags, int64_t t) {
+  int64_t lo = 0, hi = n_bags - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (offsets[mid] <= t) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+void attention_pool_forward_cpu(const AttentionPoolParams& p);
+void attention_pool_backward_cpu(const AttentionPoolParams& p);
+#if defined(LRMIL_WITH_CUDA)
+void attention_pool_forward_cuda(const AttentionPoolParams& p, int device, void* stream);
+void attention_pool_backward_cuda(const AttentionPoolParams& p, int device, void* stream);
+#endif
+
+}  // namespace lrmil

@@ -1,0 +1,102 @@
+"""Pure-PyTorch references of the fused ops: the definitions the kernels must match.
+
+They are differentiable with ordinary autograd, run on any device and export to ONNX, but store
+every intermediate: use the fused ops in lrmil.ops for speed and memory.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def gate_logits(proj: torch.Tensor, w: torch.Tensor, b_w: torch.Tensor) -> torch.Tensor:
+    """Attention logits `e = (tanh(proj[:, :L]) * sigmoid(proj[:, L:])) @ w + b_w`, shape (T,)."""
+    hidden = w.shape[0]
+    gate = torch.tanh(proj[:, :hidden]) * torch.sigmoid(proj[:, hidden:])
+    return gate @ w + b_w
+
+
+def gated_attention_pool(
+    proj: torch.Tensor,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b_w: torch.Tensor,
+    offsets: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference of `lrmil.ops.gated_attention_pool` (same shapes and semantics).
+
+    Vectorised over the packed bags with segment reductions (no Python loop over bags), so it
+    also serves as the export path. Computes in float32 (float64 for float64 inputs); returns
+    pooled in x's dtype, attn and logits in the computation dtype. Empty bags pool to zeros.
+    """
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    offsets = offsets.to(torch.int64)
+    n_bags = offsets.shape[0] - 1
+    lengths = offsets[1:] - offsets[:-1]
+    bag_of = torch.repeat_interleave(
+        torch.arange(n_bags, device=x.device), lengths, output_size=x.shape[0]
+    )
+    logits = gate_logits(proj.to(acc), w.to(acc), b_w.to(acc))
+    # Max-subtracted softmax per bag; a bag whose logits are all -inf gets zero weights.
+    bag_max = torch.full((n_bags,), float("-inf"), dtype=acc, device=x.device)
+    bag_max = bag_max.scatter_reduce(0, bag_of, logits, reduce="amax", include_self=True)
+    bag_max = torch.where(torch.isfinite(bag_max), bag_max, torch.zeros_like(bag_max))
+    unnorm = torch.exp(logits - bag_max[bag_of])
+    bag_sum = torch.zeros(n_bags, dtype=acc, device=x.device).index_add(0, bag_of, unnorm)
+    inv_sum = torch.where(bag_sum > 0, 1.0 / bag_sum, torch.zeros_like(bag_sum))
+    attn = unnorm * inv_sum[bag_of]
+    pooled = torch.zeros(n_bags, x.shape[1], dtype=acc, device=x.device)
+    pooled = pooled.index_add(0, bag_of, attn[:, None] * x.to(acc))
+    return pooled.to(x.dtype), attn, logits
+
+
+def gated_attention_pool_padded(
+    proj: torch.Tensor,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b_w: torch.Tensor,
+    offsets: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The usual eager formulation: pad bags to the longest, mask, softmax, batched matmul.
+
+    Same results as `gated_attention_pool` (fp32 inputs); a baseline for the benchmarks.
+    """
+    offsets = offsets.to(torch.int64)
+    n_bags = offsets.shape[0] - 1
+    lengths = offsets[1:] - offsets[:-1]
+    longest = int(lengths.max()) if n_bags else 0
+    positions = torch.arange(longest, device=x.device)
+    mask = positions[None, :] < lengths[:, None]
+    logits = gate_logits(proj, w, b_w)
+    padded_logits = logits.new_full((n_bags, longest), float("-inf"))
+    padded_logits[mask] = logits
+    padded_x = x.new_zeros(n_bags, longest, x.shape[1])
+    padded_x[mask] = x
+    attn = torch.softmax(padded_logits, dim=1).nan_to_num(0.0)
+    pooled = torch.bmm(attn[:, None, :], padded_x)[:, 0]
+    return pooled, attn[mask], logits
+
+
+def gated_attention_pool_loop(
+    proj: torch.Tensor,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b_w: torch.Tensor,
+    offsets: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CLAM-style: one bag at a time in a Python loop. A baseline for the benchmarks."""
+    bounds = offsets.tolist()
+    pooled, attns, logits = [], [], []
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        e = gate_logits(proj[start:end], w, b_w)
+        a = torch.softmax(e, dim=0)
+        pooled.append(a @ x[start:end] if end > start else x.new_zeros(x.shape[1]))
+        attns.append(a)
+        logits.append(e)
+    empty = x.new_zeros(0)
+    return (
+        torch.stack(pooled) if pooled else x.new_zeros(0, x.shape[1]),
+        torch.cat(attns) if attns else empty,
+        torch.cat(logits) if logits else empty,
+    )
+
