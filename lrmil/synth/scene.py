@@ -1,0 +1,277 @@
+"""What one synthetic slide contains, drawn from its seed before any pixel is rendered: the stain,
+the tissue islands, the special regions (tumour foci, lymphocyte clusters, benign nests) and the
+banks of nucleus stamps. Everything else (tissue outline, stroma fibres, nuclei positions) is a
+deterministic function of global pixel coordinates, evaluated block by block in render.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from lrmil.synth.noise import ValueNoise
+
+# Ruifrok & Johnston's optical-density vectors (R, G, B) of hematoxylin and eosin.
+HEMATOXYLIN = np.array([0.65, 0.70, 0.29], np.float32)
+EOSIN = np.array([0.07, 0.99, 0.11], np.float32)
+
+REFERENCE_AREA = 4096 * 4096  # region counts in SynthConfig are per this much slide area
+
+
+@dataclass(frozen=True, kw_only=True)
+class SynthConfig:
+    """The generator's knobs (docs/synth.md explains each). Ranges are (low, high), drawn per
+    slide or per object. Sizes are level-0 pixels (20x at the default 0.5 mpp)."""
+
+    foci: tuple[int, int] = (2, 4)  # tumour foci on a positive slide, per 4096^2 px (>= 1)
+    focus_radius: tuple[float, float] = (45.0, 90.0)
+    tumour_diameter: tuple[float, float] = (9.0, 14.0)  # enlarged, irregular, hyperchromatic
+    lymph_clusters: tuple[int, int] = (3, 6)  # both classes, per 4096^2 px: LR look-alikes
+    nests: tuple[int, int] = (2, 4)  # benign dense epithelial nests, both classes
+    cluster_radius: tuple[float, float] = (45.0, 110.0)
+    normal_diameter: tuple[float, float] = (5.0, 7.0)
+    lr_cue: float = 1.0  # 0..1: strength of the faint low-power cue of the foci (eosin, size)
+    stain_jitter: float = 0.05  # per-slide perturbation of the stain vectors
+    islands: tuple[int, int] = (1, 4)
+
+
+@dataclass(frozen=True)
+class Region:
+    kind: str  # "focus" | "lymph" | "nest"
+    x: float
+    y: float
+    radius: float
+    eosin: float  # eosin factor inside (cytoplasm between the nuclei)
+    density: float  # nucleus acceptance probability inside
+
+
+@dataclass(frozen=True)
+class Population:
+    """A kind of nucleus: placed on a jittered lattice of `spacing` px, drawn from `stamps`
+    (K, S, S) of hematoxylin concentration."""
+
+    name: str
+    spacing: float
+    stamps: np.ndarray
+
+
+@dataclass
+class Scene:
+    seed: int
+    width: int
+    height: int
+    label: str
+    config: SynthConfig
+    h_vector: np.ndarray
+    e_vector: np.ndarray
+    h_scale: float
+    e_scale: float
+    background: float
+    islands: np.ndarray  # (n, 5): cx, cy, a, b, angle
+    regions: list[Region]
+    populations: dict[str, Population]
+    noise: dict[str, ValueNoise] = field(default_factory=dict)
+
+    def tissue(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """Tissue fraction in [0, 1] on the grid ys x xs: island ellipses warped by noise, with
+        small lumens/fat holes."""
+        x = np.asarray(xs, np.float32)[None, :]
+        y = np.asarray(ys, np.float32)[:, None]
+        fieldv = np.full((y.shape[0], x.shape[1]), -1.0, np.float32)
+        for cx, cy, a, b, angle in self.islands:
+            c, s = np.cos(angle), np.sin(angle)
+            u = ((x - cx) * c + (y - cy) * s) / a
+            v = ((y - cy) * c - (x - cx) * s) / b
+            np.maximum(fieldv, 1 - u * u - v * v, out=fieldv)
+        fieldv += 0.45 * self.noise["coarse"].grid(xs, ys)
+        fieldv += 0.15 * self.noise["edge"].grid(xs, ys)
+        fieldv += 0.04 * self.noise["ragged"].grid(xs, ys)
+        tissue = np.clip(fieldv * 30 + 0.5, 0, 1)
+        holes = np.clip((self.noise["holes"].grid(xs, ys) - 0.55) * 12, 0, 1)
+        return tissue * (1 - holes)
+
+
+def _stamp_bank(
+    rng: np.random.Generator,
+    count: int,
+    size: int,
+    diameter: tuple[float, float],
+    elongation: tuple[float, float],
+    irregularity: float,
+    darkness: tuple[float, float],
+    chromatin: float,
+    clump_sigma: float,
+) -> np.ndarray:
+    """`count` nucleus stamps (count, size, size): hematoxylin concentration of an ellipse whose
+    radius is modulated by low harmonics (irregular outline), with a soft edge, a darker rim and
+    chromatin texture (smoothed noise, coarse when clump_sigma is large)."""
+    half = size // 2
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float32)
+    theta = np.arctan2(yy, xx)
+    bank = np.empty((count, size, size), np.float32)
+    for i in range(count):
+        r = rng.uniform(*diameter) / 2
+        e = rng.uniform(*elongation)
+        angle = rng.uniform(0, np.pi)
+        c, s = np.cos(angle), np.sin(angle)
+        u, v = (xx * c + yy * s) * np.sqrt(e), (yy * c - xx * s) / np.sqrt(e)
+        outline = 1.0 + sum(
+            irregularity * rng.normal(0, 1) / k * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+            for k in (2, 3, 4, 5)
+        )
+        d = np.sqrt(u * u + v * v) / (r * np.clip(outline, 0.6, 1.5))
+        inside = np.clip((1 - d) * r * 1.5 + 0.5, 0, 1)  # ~1 px soft edge
+        rim = np.exp(-(((d - 0.9) / 0.12) ** 2)) * 0.25
+        texture = ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), clump_sigma)
+        texture /= texture.std() + 1e-6
+        dark = rng.uniform(*darkness)
+        bank[i] = inside * dark * np.clip(1 + chromatin * texture + rim, 0.2, None)
+    return bank
+
+
+def _populations(rng: np.random.Generator, config: SynthConfig) -> dict[str, Population]:
+    tumour_size = int(np.ceil(config.tumour_diameter[1] * 1.4)) | 1
+    normal_size = int(np.ceil(max(config.normal_diameter[1] * 2.2, 9))) | 1
+    return {
+        # epithelial and stromal nuclei: small, round or spindle, fine chromatin
+        "normal": Population(
+            "normal",
+            11.0,
+            np.concatenate(
+                [
+                    _stamp_bank(
+                        rng,
+                        24,
+                        normal_size,
+                        config.normal_diameter,
+                        (1, 1.5),
+                        0.04,
+                        (0.7, 1.0),
+                        0.12,
+                        0.7,
+                    ),
+                    _stamp_bank(
+                        rng, 12, normal_size, (7.0, 9.0), (3, 5), 0.03, (0.7, 0.95), 0.1, 0.7
+                    ),
+                ]
+            ),
+        ),
+        # lymphocytes: small, round, dense, uniformly dark
+        "lymph": Population(
+            "lymph",
+            6.5,
+            _stamp_bank(rng, 24, 9, (4.5, 6.0), (1, 1.15), 0.02, (1.15, 1.4), 0.06, 0.6),
+        ),
+        # benign nest: regular, round, mid-sized nuclei with fine chromatin
+        "nest": Population(
+            "nest",
+            9.5,
+            _stamp_bank(rng, 24, normal_size, (6.0, 8.0), (1, 1.25), 0.03, (0.95, 1.2), 0.12, 0.7),
+        ),
+        # tumour: enlarged, irregular outline, hyperchromatic, coarse clumped chromatin
+        "tumour": Population(
+            "tumour",
+            14.0,
+            _stamp_bank(
+                rng, 48, tumour_size, config.tumour_diameter, (1, 1.6), 0.22, (1.15, 1.5), 0.4, 1.4
+            ),
+        ),
+    }
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+def _count(rng: np.random.Generator, span: tuple[int, int], area_scale: float) -> int:
+    return int(round(rng.integers(span[0], span[1] + 1) * area_scale))
+
+
+def _regions(rng: np.random.Generator, scene: Scene, positive: bool) -> list[Region]:
+    """Tumour foci (positive slides only), lymphocyte clusters and benign nests, placed inside
+    tissue and apart from each other. The confounders' darkness and pinkness at low power are
+    drawn to straddle the foci's, so colour alone does not separate them."""
+    config = scene.config
+    step = 16
+    xs, ys = np.arange(step // 2, scene.width, step), np.arange(step // 2, scene.height, step)
+    inside = np.argwhere(scene.tissue(xs, ys) > 0.99)
+    area_scale = scene.width * scene.height / REFERENCE_AREA
+    cue = config.lr_cue
+    wanted = [
+        ("lymph", _count(rng, config.lymph_clusters, area_scale)),
+        ("nest", _count(rng, config.nests, area_scale)),
+    ]
+    if positive:
+        wanted.insert(0, ("focus", max(1, _count(rng, config.foci, area_scale))))
+    regions: list[Region] = []
+    for kind, n in wanted:
+        span = config.focus_radius if kind == "focus" else config.cluster_radius
+        for _ in range(n):
+            for _attempt in range(50):
+                if len(inside) == 0:
+                    break
+                iy, ix = inside[rng.integers(len(inside))]
+                x, y = xs[ix] + rng.uniform(-step / 2, step / 2), ys[iy] + rng.uniform(-8, 8)
+                radius = rng.uniform(*span)
+                if all(np.hypot(x - o.x, y - o.y) > radius + o.radius + 24 for o in regions):
+                    eosin = {"focus": 0.75 + 0.15 * cue, "lymph": 0.5, "nest": 0.75}[kind]
+                    regions.append(
+                        Region(
+                            kind,
+                            x,
+                            y,
+                            radius,
+                            eosin * rng.uniform(0.85, 1.15),
+                            rng.uniform(0.8, 0.95),
+                        )
+                    )
+                    break
+    return regions
+
+
+def make_scene(
+    seed: int, width: int, height: int, label: str, config: SynthConfig | None = None
+) -> Scene:
+    """Draw everything a slide contains from `seed` (same seed, same scene)."""
+    config = config or SynthConfig()
+    rng = np.random.default_rng(seed)
+    jitter = config.stain_jitter
+    side = min(width, height)
+    n_islands = int(rng.integers(config.islands[0], config.islands[1] + 1))
+    islands = np.stack(
+        [
+            rng.uniform(0.25, 0.75, n_islands) * width,
+            rng.uniform(0.25, 0.75, n_islands) * height,
+            rng.uniform(0.18, 0.38, n_islands) * side,
+            rng.uniform(0.15, 0.3, n_islands) * side,
+            rng.uniform(0, np.pi, n_islands),
+        ],
+        axis=1,
+    )
+    noise_seeds = rng.integers(0, 2**62, 6)
+    scene = Scene(
+        seed=seed,
+        width=width,
+        height=height,
+        label=label,
+        config=config,
+        h_vector=_unit(HEMATOXYLIN + rng.normal(0, jitter, 3)),
+        e_vector=_unit(EOSIN + rng.normal(0, jitter, 3)),
+        h_scale=float(rng.uniform(0.85, 1.15)),
+        e_scale=float(rng.uniform(0.75, 1.2)),
+        background=float(rng.uniform(236, 250)),
+        islands=islands,
+        regions=[],
+        populations=_populations(rng, config),
+        noise={
+            "coarse": ValueNoise(int(noise_seeds[0]), max(side / 6, 64)),
+            "edge": ValueNoise(int(noise_seeds[1]), 70),
+            "ragged": ValueNoise(int(noise_seeds[2]), 12),
+            "holes": ValueNoise(int(noise_seeds[3]), 45),
+            "fibre": ValueNoise(int(noise_seeds[4]), 220),
+            "density": ValueNoise(int(noise_seeds[5]), 150),
+        },
+    )
+    scene.regions = _regions(rng, scene, positive=label == "positive")
+    return scene

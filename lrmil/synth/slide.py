@@ -1,0 +1,57 @@
+"""One synthetic slide: scene -> rendered blocks -> pyramidal TIFF."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lrmil.errors import ConfigError
+from lrmil.synth.render import render_box
+from lrmil.synth.scene import Scene, SynthConfig, make_scene
+from lrmil.synth.tiff import write_pyramid
+
+LABELS = ("negative", "positive")
+MIN_SIDE = 256
+
+
+def write_slide(
+    path: str | os.PathLike[str],
+    width: int,
+    height: int,
+    *,
+    seed: int = 0,
+    label: str = "negative",
+    mpp: float = 0.5,
+    config: SynthConfig | None = None,
+    block: int = 512,
+    quality: int = 90,
+    threads: int = 1,
+) -> Scene:
+    """Render a `width` x `height` (level 0) H&E-like slide to an Aperio-style pyramidal TIFF at
+    `path` (same seed, same file). Level 0 is at `10 / mpp` x magnification. The file is written
+    under a temporary name and renamed when complete. Returns the scene (its regions say where
+    the foci and the confounders are)."""
+    if label not in LABELS:
+        raise ConfigError(f"label must be one of {LABELS}, got {label!r}")
+    if width < MIN_SIDE or height < MIN_SIDE:
+        raise ConfigError(f"slide size must be at least {MIN_SIDE} px a side, got {width}x{height}")
+    if not mpp > 0:
+        raise ConfigError(f"mpp must be positive, got {mpp}")
+    path = Path(path)
+    scene = make_scene(seed, width, height, label, config)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        write_pyramid(
+            partial,
+            width,
+            height,
+            lambda x0, y0, w, h: render_box(scene, x0, y0, w, h),
+            mpp=mpp,
+            band=block,
+            quality=quality,
+            threads=threads,
+        )
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return scene

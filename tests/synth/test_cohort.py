@@ -1,0 +1,53 @@
+"""make_cohort / plan_cohort: files, labels, patients, determinism."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import openslide
+import pytest
+
+from lrmil.errors import ConfigError
+from lrmil.synth import GENERATOR_VERSION, plan_cohort
+
+
+def test_cohort_files_and_labels(synth_cohort):
+    rows = list(csv.DictReader((synth_cohort / "labels.csv").open()))
+    assert [r["slide"] for r in rows] == [f"slide_{i:04d}" for i in range(6)]
+    assert {r["label"] for r in rows} <= {"negative", "positive"}
+    for row in rows:
+        with openslide.OpenSlide(synth_cohort / "slides" / f"{row['slide']}.svs") as slide:
+            assert slide.dimensions == (1024, 1024)
+    record = json.loads((synth_cohort / "cohort.json").read_text())
+    assert record["generator_version"] == GENERATOR_VERSION
+    assert record["seed"] == 0 and record["n_slides"] == 6
+    assert [s["name"] for s in record["slides"]] == [r["slide"] for r in rows]
+    assert not list(synth_cohort.rglob(".*partial"))
+
+
+def test_patients_share_labels_and_some_have_two_slides():
+    specs = plan_cohort(200, seed=5, positive_fraction=0.3)
+    by_patient: dict[str, set[str]] = {}
+    for spec in specs:
+        by_patient.setdefault(spec.patient, set()).add(spec.label)
+    assert all(len(labels) == 1 for labels in by_patient.values())
+    counts = [sum(s.patient == p for s in specs) for p in by_patient]
+    assert set(counts) == {1, 2}
+    positive_patients = sum(labels == {"positive"} for labels in by_patient.values())
+    assert positive_patients == round(0.3 * len(by_patient))
+    assert len({s.seed for s in specs}) == 200
+
+
+def test_plan_is_deterministic_and_seed_dependent():
+    assert plan_cohort(20, seed=1) == plan_cohort(20, seed=1)
+    assert plan_cohort(20, seed=1) != plan_cohort(20, seed=2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"n_slides": 0}, "--slides"), ({"n_slides": 3, "positive_fraction": 1.5}, "fraction")],
+)
+def test_bad_plans_are_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        plan_cohort(seed=0, **kwargs)
