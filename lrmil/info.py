@@ -17,16 +17,22 @@ def _module_version(name: str) -> str | None:
 
 
 def versions() -> dict[str, str]:
-    """Versions recorded in every output (lrmil, python, torch, numpy)."""
+    """Versions recorded in every output (lrmil, python, torch, numpy). Torch's comes from the
+    package metadata: importing it would cost torch-free paths (tiling) a second or more."""
+    from importlib import metadata
+
     import numpy
-    import torch
 
     from lrmil import __version__
 
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = "not installed"
     return {
         "lrmil": __version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": torch_version,
         "numpy": numpy.__version__,
     }
 

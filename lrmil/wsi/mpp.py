@@ -1,0 +1,71 @@
+"""Microns per pixel: from the user (a flag or a `slide,mpp` CSV) or from the slide's metadata.
+
+Magnification is always derived as `10 / mpp`; the objective power is only a fallback, and a
+slide with neither needs an explicit value: lrmil never guesses."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+from lrmil.errors import ConfigError, SlideError
+
+# What a user may pass for the mpp of slides: one value for all, or one per slide name.
+MppOverride = float | Mapping[str, float] | None
+
+
+def check_mpp(value: float, source: str) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{source}: mpp must be a positive number, got {value}")
+    return float(value)
+
+
+def load_mpp_csv(path: str | Path) -> dict[str, float]:
+    """Read a CSV with columns `slide,mpp` into {slide name (file stem): mpp}. The slide column
+    may hold names, file names or paths."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the mpp CSV ({exc.strerror})") from None
+    if not rows or not {"slide", "mpp"} <= set(rows[0]):
+        raise ConfigError(f"{path}: an mpp CSV needs the columns `slide,mpp` and at least one row")
+    table: dict[str, float] = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            value = float(row["mpp"])
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}, line {line}: mpp {row['mpp']!r} is not a number") from None
+        table[slide_name(row["slide"])] = check_mpp(value, f"{path}, line {line}")
+    return table
+
+
+def slide_name(path: str | Path) -> str:
+    """The name a slide goes by in outputs and CSVs: its file name without the extension."""
+    return Path(str(path).strip()).stem
+
+
+def override_for(path: str | Path, override: MppOverride) -> float | None:
+    """The user's mpp for this slide, or None to use the slide's own metadata."""
+    if override is None or isinstance(override, (int, float)):
+        return override
+    return override.get(slide_name(path))
+
+
+def resolve_mpp(
+    path: Path, user: float | None, metadata: float | None, objective: float | None
+) -> float:
+    """User value > metadata mpp > 10 / objective power; none of them -> SlideError."""
+    if user is not None:
+        return check_mpp(user, str(path))
+    if metadata is not None:
+        return metadata
+    if objective is not None:
+        return 10.0 / objective
+    raise SlideError(
+        f"{path}: the slide records no mpp (microns per pixel) and no objective power; "
+        "give it with --mpp or a --mpp-csv file with a `slide,mpp` row"
+    )
