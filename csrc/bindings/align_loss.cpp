@@ -1,5 +1,119 @@
+// Python entry points of the alignment loss kernels. lrmil/ops/align_loss.py validates the
+// tensors and passes raw pointers, sizes and element strides; this file fills the params,
+// releases the GIL and picks the CPU or CUDA kernel.
+#include <pybind11/stl.h>
+
+#include <array>
+#include <stdexcept>
+#include <string>
+
+#include "lrmil/align_loss.h"
 #include "lrmil/bindings.h"
 
+namespace py = pybind11;
+
 namespace lrmil {
-void bind_align_loss(pybind11::module_&) {}
+namespace {
+
+template <typename T = void>
+T* ptr(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+DType to_dtype(int code) {
+  if (code < 0 || code > 3) throw std::invalid_argument("align_loss: bad dtype code " + std::to_string(code));
+  return static_cast<DType>(code);
+}
+
+// The CUDA kernel, or null in a CPU-only build (Python refuses CUDA tensors before that).
+#if defined(LRMIL_WITH_CUDA)
+#define LRMIL_CUDA_KERNEL(fn) (fn)
+#else
+#define LRMIL_CUDA_KERNEL(fn) nullptr
+#endif
+
+template <typename Params>
+void launch(const Params& p, bool cuda, uintptr_t stream, void (*cpu)(const Params&),
+            void (*cuda_fn)(const Params&, void*)) {
+  if (!cuda) return cpu(p);
+  if (cuda_fn == nullptr) throw std::runtime_error("align_loss: lrmil was built without CUDA kernels");
+  cuda_fn(p, ptr(stream));
+}
+
+using Strides2 = std::array<int64_t, 2>;
+using Strides3 = std::array<int64_t, 3>;
+using Strides4 = std::array<int64_t, 4>;
+
+ChildMseParams child_params(int dtype, Strides3 sizes, uintptr_t s, Strides2 s_st, uintptr_t t,
+                            Strides3 t_st, uintptr_t w, Strides2 w_st, uintptr_t tbar) {
+  ChildMseParams p;
+  p.dtype = to_dtype(dtype);
+  p.n = sizes[0], p.k = sizes[1], p.d = sizes[2];
+  p.s = ptr(s), p.s_sn = s_st[0], p.s_sd = s_st[1];
+  p.t = ptr(t), p.t_sn = t_st[0], p.t_sk = t_st[1], p.t_sd = t_st[2];
+  p.w = ptr(w), p.w_sn = w_st[0], p.w_sk = w_st[1];
+  p.tbar = ptr(tbar);
+  return p;
+}
+
+BlockMseParams block_params(int dtype, Strides4 sizes, uintptr_t S, Strides4 S_st, uintptr_t t,
+                            Strides3 t_st, uintptr_t valid, Strides2 v_st) {
+  BlockMseParams p;
+  p.dtype = to_dtype(dtype);
+  p.n = sizes[0], p.g = sizes[1], p.r = sizes[2], p.d = sizes[3];
+  if (p.r < 2 || p.g % p.r != 0) throw std::invalid_argument("block_mse: G must be a multiple of r >= 2");
+  p.S = ptr(S), p.S_sn = S_st[0], p.S_sy = S_st[1], p.S_sx = S_st[2], p.S_sd = S_st[3];
+  p.t = ptr(t), p.t_sn = t_st[0], p.t_sk = t_st[1], p.t_sd = t_st[2];
+  p.valid = ptr<const uint8_t>(valid), p.v_sn = v_st[0], p.v_sk = v_st[1];
+  return p;
+}
+
+}  // namespace
+
+void bind_align_loss(py::module_& m) {
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+
+  m.def(
+      "child_mse_fwd",
+      [](int dtype, bool cuda, uintptr_t stream, Strides3 sizes, uintptr_t s, Strides2 s_st,
+         uintptr_t t, Strides3 t_st, uintptr_t w, Strides2 w_st, uintptr_t loss, uintptr_t tbar) {
+        ChildMseParams p = child_params(dtype, sizes, s, s_st, t, t_st, w, w_st, tbar);
+        p.loss = ptr(loss);
+        launch(p, cuda, stream, child_mse_fwd_cpu, LRMIL_CUDA_KERNEL(child_mse_fwd_cuda));
+      },
+      nogil, "child_mse forward: writes loss (N,) and the weighted child mean tbar (N, D).");
+
+  m.def(
+      "child_mse_bwd",
+      [](int dtype, bool cuda, uintptr_t stream, Strides3 sizes, uintptr_t s, Strides2 s_st,
+         uintptr_t t, Strides3 t_st, uintptr_t w, Strides2 w_st, uintptr_t tbar, uintptr_t grad,
+         uintptr_t ds, uintptr_t dt) {
+        ChildMseParams p = child_params(dtype, sizes, s, s_st, t, t_st, w, w_st, tbar);
+        p.grad = ptr(grad), p.ds = ptr(ds), p.dt = ptr(dt);
+        launch(p, cuda, stream, child_mse_bwd_cpu, LRMIL_CUDA_KERNEL(child_mse_bwd_cuda));
+      },
+      nogil, "child_mse backward: writes ds (N, D) and, when dt != 0, dt (N, K, D).");
+
+  m.def(
+      "block_mse_fwd",
+      [](int dtype, bool cuda, uintptr_t stream, Strides4 sizes, uintptr_t S, Strides4 S_st,
+         uintptr_t t, Strides3 t_st, uintptr_t valid, Strides2 v_st, uintptr_t loss) {
+        BlockMseParams p = block_params(dtype, sizes, S, S_st, t, t_st, valid, v_st);
+        p.loss = ptr(loss);
+        launch(p, cuda, stream, block_mse_fwd_cpu, LRMIL_CUDA_KERNEL(block_mse_fwd_cuda));
+      },
+      nogil, "block_mse forward: writes loss (N,). sizes = (N, G, r, D).");
+
+  m.def(
+      "block_mse_bwd",
+      [](int dtype, bool cuda, uintptr_t stream, Strides4 sizes, uintptr_t S, Strides4 S_st,
+         uintptr_t t, Strides3 t_st, uintptr_t valid, Strides2 v_st, uintptr_t grad, uintptr_t dS,
+         uintptr_t dt) {
+        BlockMseParams p = block_params(dtype, sizes, S, S_st, t, t_st, valid, v_st);
+        p.grad = ptr(grad), p.dS = ptr(dS), p.dt = ptr(dt);
+        launch(p, cuda, stream, block_mse_bwd_cpu, LRMIL_CUDA_KERNEL(block_mse_bwd_cuda));
+      },
+      nogil, "block_mse backward: writes dS (N, G, G, D) and, when dt != 0, dt (N, K, D).");
+}
+
 }  // namespace lrmil

@@ -100,3 +100,66 @@ def gated_attention_pool_loop(
         torch.cat(logits) if logits else empty,
     )
 
+
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def child_mse(s: torch.Tensor, t: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Reference of `lrmil.ops.child_mse`: `sum_k w_ik mean_d (t_ikd - s_id)^2`, shape (N,).
+
+    Weights are normalised per row; a row whose weights sum to 0 gives 0. Computes in float32
+    (float64 for float64 inputs).
+    """
+    acc = _acc_dtype(s)
+    weight = weight.to(acc)
+    total = weight.sum(1, keepdim=True)
+    norm = torch.where(total > 0, weight / total.clamp_min(torch.finfo(acc).tiny), 0.0)
+    per_child = (t.to(acc) - s.to(acc)[:, None, :]).square().mean(2)
+    return (norm * per_child).sum(1)
+
+
+def block_means(grid: torch.Tensor, r: int) -> torch.Tensor:
+    """Means of the r x r blocks of `grid (N, G, G, D)` as `(N, r*r, D)`, child k = v*r + u."""
+    n, g, _, d = grid.shape
+    b = g // r
+    return grid.reshape(n, r, b, r, b, d).mean(dim=(2, 4)).reshape(n, r * r, d)
+
+
+def block_mse(S: torch.Tensor, t: torch.Tensor, valid: torch.Tensor, r: int) -> torch.Tensor:  # noqa: N803
+    """Reference of `lrmil.ops.block_mse`: mean over valid children k of
+    `mean_d (mean_{block B_k} S_i - t_ik)_d^2`, shape (N,); rows with no valid child give 0."""
+    acc = _acc_dtype(S)
+    per_child = (block_means(S.to(acc), r) - t.to(acc)).square().mean(2)
+    mask = valid.to(acc)
+    count = mask.sum(1)
+    return torch.where(count > 0, (per_child * mask).sum(1) / count.clamp_min(1.0), 0.0)
+
+
+def alignment_loss(
+    s: torch.Tensor,
+    t: torch.Tensor,
+    valid: torch.Tensor,
+    grids: list[torch.Tensor] | None = None,
+    t_layers: list[torch.Tensor] | None = None,
+    attn: torch.Tensor | None = None,
+    *,
+    r: int = 4,
+    lambda_attn: float = 1.0,
+    lambda_layer: float = 1.0,
+) -> torch.Tensor:
+    """Reference of `lrmil.ops.AlignmentLoss` (method.md, stage 1): a scalar
+    `mean_i (lambda_layer * mean_l block_mse(S^l, t^l, valid) + lambda_attn * child_mse(s, t, w))`
+    with `w = attn * valid`, or uniform over the valid children where attn is None or sums to 0.
+    """
+    acc = _acc_dtype(s)
+    mask = valid.to(acc)
+    weight = mask if attn is None else attn.to(acc) * mask
+    uniform = weight.sum(1, keepdim=True) <= 0
+    weight = torch.where(uniform, mask, weight)
+    loss = lambda_attn * child_mse(s, t, weight)
+    if grids:
+        pairs = zip(grids, t_layers, strict=True)
+        layer = torch.stack([block_mse(g, tl, valid, r) for g, tl in pairs])
+        loss = loss + lambda_layer * layer.mean(0)
+    return loss.mean()

@@ -1,0 +1,337 @@
+"""The cross-resolution alignment loss of stage 1 (method.md), as fused kernels.
+
+`child_mse` and `block_mse` return per-row fp32 losses (fp64 for fp64 inputs) and are reduced
+by the caller; `AlignmentLoss` combines them into L_stage1. Both read the teacher tensor once,
+store no (N, K, D) temporaries and give gradients to the student (and to the teacher when it
+requires grad). The definitions live in `lrmil.ops.reference`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lrmil.ops._ext import DTYPE_CODES, check_device_supported, lib, stream_of
+
+_FLOAT_DTYPES = tuple(DTYPE_CODES)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _on_device(x: Tensor) -> contextlib.AbstractContextManager:
+    """Make x's GPU current so that its stream and the kernel launch agree."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+# ---- custom ops (internal: the public functions below validate their inputs) ----
+
+
+@torch.library.custom_op("lrmil::child_mse", mutates_args=())
+def _child_mse(s: Tensor, t: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """(loss (N,), tbar (N, D)); weight is in the accumulation dtype."""
+    n, k, d = t.shape
+    acc = _acc_dtype(s.dtype)
+    loss = s.new_empty(n, dtype=acc)
+    tbar = s.new_empty(n, d, dtype=acc)
+    with _on_device(s):
+        lib().child_mse_fwd(
+            DTYPE_CODES[s.dtype], s.is_cuda, stream_of(s), (n, k, d),
+            s.data_ptr(), s.stride(), t.data_ptr(), t.stride(),
+            weight.data_ptr(), weight.stride(), loss.data_ptr(), tbar.data_ptr(),
+        )  # fmt: skip
+    return loss, tbar
+
+
+@_child_mse.register_fake
+def _(s: Tensor, t: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    acc = _acc_dtype(s.dtype)
+    return s.new_empty(t.shape[0], dtype=acc), s.new_empty(t.shape[0], t.shape[2], dtype=acc)
+
+
+@torch.library.custom_op("lrmil::child_mse_backward", mutates_args=())
+def _child_mse_backward(
+    grad: Tensor, s: Tensor, t: Tensor, weight: Tensor, tbar: Tensor, t_grad: bool
+) -> tuple[Tensor, Tensor]:
+    """(ds (N, D), dt (N, K, D)); dt is empty when t_grad is False (t is then not read)."""
+    n, k = weight.shape
+    d = s.shape[1]
+    ds = torch.empty_like(s, memory_format=torch.contiguous_format)
+    dt = s.new_empty(n, k, d) if t_grad else s.new_empty(0)
+    grad = grad.to(tbar.dtype).contiguous()
+    with _on_device(s):
+        lib().child_mse_bwd(
+            DTYPE_CODES[s.dtype], s.is_cuda, stream_of(s), (n, k, d),
+            s.data_ptr(), s.stride(), t.data_ptr(), t.stride() if t_grad else (0, 0, 0),
+            weight.data_ptr(), weight.stride(), tbar.data_ptr(), grad.data_ptr(),
+            ds.data_ptr(), dt.data_ptr() if t_grad else 0,
+        )  # fmt: skip
+    return ds, dt
+
+
+@_child_mse_backward.register_fake
+def _(grad, s, t, weight, tbar, t_grad):
+    n, k = weight.shape
+    dt = s.new_empty(n, k, s.shape[1]) if t_grad else s.new_empty(0)
+    return torch.empty_like(s, memory_format=torch.contiguous_format), dt
+
+
+def _child_mse_setup(ctx, inputs, output) -> None:
+    s, t, weight = inputs
+    ctx.t_grad = t.requires_grad
+    ctx.save_for_backward(s, t if ctx.t_grad else None, weight, output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _child_mse_grad(ctx, grad_loss, _grad_tbar):
+    s, t, weight, tbar = ctx.saved_tensors
+    if t is None:  # t needs no grad and was not saved; the kernel does not read it then
+        t = s.new_empty(0, 0, 0)
+    ds, dt = _child_mse_backward(grad_loss, s, t, weight, tbar, ctx.t_grad)
+    return ds, (dt if ctx.t_grad else None), None
+
+
+_child_mse.register_autograd(_child_mse_grad, setup_context=_child_mse_setup)
+
+
+@torch.library.custom_op("lrmil::block_mse", mutates_args=())
+def _block_mse(S: Tensor, t: Tensor, valid: Tensor, r: int) -> Tensor:  # noqa: N803
+    n, g, _, d = S.shape
+    loss = S.new_empty(n, dtype=_acc_dtype(S.dtype))
+    with _on_device(S):
+        lib().block_mse_fwd(
+            DTYPE_CODES[S.dtype], S.is_cuda, stream_of(S), (n, g, r, d),
+            S.data_ptr(), S.stride(), t.data_ptr(), t.stride(),
+            valid.data_ptr(), valid.stride(), loss.data_ptr(),
+        )  # fmt: skip
+    return loss
+
+
+@_block_mse.register_fake
+def _(S: Tensor, t: Tensor, valid: Tensor, r: int) -> Tensor:  # noqa: N803
+    return S.new_empty(S.shape[0], dtype=_acc_dtype(S.dtype))
+
+
+@torch.library.custom_op("lrmil::block_mse_backward", mutates_args=())
+def _block_mse_backward(
+    grad: Tensor,
+    S: Tensor,  # noqa: N803
+    t: Tensor,
+    valid: Tensor,
+    r: int,
+    t_grad: bool,
+) -> tuple[Tensor, Tensor]:
+    """(dS (N, G, G, D), dt (N, K, D)); dt is empty when t_grad is False."""
+    n, g, _, d = S.shape
+    dS = torch.empty_like(S, memory_format=torch.contiguous_format)  # noqa: N806
+    dt = S.new_empty(n, r * r, d) if t_grad else S.new_empty(0)
+    grad = grad.to(_acc_dtype(S.dtype)).contiguous()
+    with _on_device(S):
+        lib().block_mse_bwd(
+            DTYPE_CODES[S.dtype], S.is_cuda, stream_of(S), (n, g, r, d),
+            S.data_ptr(), S.stride(), t.data_ptr(), t.stride(),
+            valid.data_ptr(), valid.stride(), grad.data_ptr(),
+            dS.data_ptr(), dt.data_ptr() if t_grad else 0,
+        )  # fmt: skip
+    return dS, dt
+
+
+@_block_mse_backward.register_fake
+def _(grad, S, t, valid, r, t_grad):  # noqa: N803
+    dt = S.new_empty(S.shape[0], r * r, S.shape[3]) if t_grad else S.new_empty(0)
+    return torch.empty_like(S, memory_format=torch.contiguous_format), dt
+
+
+def _block_mse_setup(ctx, inputs, output) -> None:
+    S, t, valid, r = inputs  # noqa: N806
+    ctx.r, ctx.t_grad = r, t.requires_grad
+    ctx.save_for_backward(S, t, valid)
+
+
+def _block_mse_grad(ctx, grad_loss):
+    S, t, valid = ctx.saved_tensors  # noqa: N806
+    dS, dt = _block_mse_backward(grad_loss, S, t, valid, ctx.r, ctx.t_grad)  # noqa: N806
+    return dS, (dt if ctx.t_grad else None), None, None
+
+
+_block_mse.register_autograd(_block_mse_grad, setup_context=_block_mse_setup)
+
+
+# ---- validation ----
+
+
+def _check_tensor(op: str, name: str, x: object, ndim: int, layout: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{op}: {name} must be a torch.Tensor {layout}, got {type(x).__name__}")
+    if x.dim() != ndim:
+        raise ValueError(f"{op}: {name} must have shape {layout}, got {tuple(x.shape)}")
+    return x
+
+
+def _check_float(op: str, name: str, x: Tensor, like: Tensor | None = None) -> None:
+    if x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(
+            f"{op}: {name} must be float32, float16, bfloat16 or float64, got {x.dtype}"
+        )
+    if like is not None and x.dtype != like.dtype:
+        raise ValueError(f"{op}: {name} has dtype {x.dtype} but the student has {like.dtype}")
+
+
+def _check_devices(op: str, **tensors: Tensor) -> None:
+    devices = {name: x.device for name, x in tensors.items()}
+    if len(set(devices.values())) > 1:
+        listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
+        raise ValueError(f"{op}: tensors must be on one device, got {listed}")
+    check_device_supported(op, next(iter(tensors.values())))
+
+
+def _check_teacher(op: str, t: Tensor, n: int, k: int, d: int) -> None:
+    if tuple(t.shape) != (n, k, d):
+        raise ValueError(f"{op}: t must have shape (N, K, D) = {(n, k, d)}, got {tuple(t.shape)}")
+
+
+# ---- public API ----
+
+
+def child_mse(s: Tensor, t: Tensor, weight: Tensor) -> Tensor:
+    """Weighted child MSE, the per-row L_attn of stage 1.
+
+    Args:
+        s: student embeddings, (N, D), float32 / float16 / bfloat16 / float64.
+        t: teacher child embeddings, (N, K, D), same dtype as s.
+        weight: child weights, (N, K), any float dtype, >= 0. Normalised per row inside; a row
+            whose weights sum to 0 (or less) gives loss 0 and zero gradients. Negative weights
+            are not checked (that would cost a device sync): they enter the weighted sum as
+            they are. Children with weight 0 are never read. No gradient flows to weight.
+
+    Returns:
+        (N,) float32 (float64 for float64 inputs):
+        `sum_k w_ik / sum_k' w_ik' * mean_d (t_ikd - s_id)^2`. Gradients to s and, when it
+        requires grad, to t.
+    """
+    op = "child_mse"
+    _check_tensor(op, "s", s, 2, "(N, D)")
+    _check_tensor(op, "t", t, 3, "(N, K, D)")
+    _check_tensor(op, "weight", weight, 2, "(N, K)")
+    _check_float(op, "s", s)
+    _check_float(op, "t", t, like=s)
+    if not weight.dtype.is_floating_point:
+        raise ValueError(f"{op}: weight must be a float tensor, got {weight.dtype}")
+    n, d = s.shape
+    if d < 1 or t.shape[1] < 1:
+        raise ValueError(f"{op}: D and K must be >= 1, got s {tuple(s.shape)}, t {tuple(t.shape)}")
+    _check_teacher(op, t, n, t.shape[1], d)
+    if tuple(weight.shape) != tuple(t.shape[:2]):
+        raise ValueError(
+            f"{op}: weight must have shape (N, K) = {tuple(t.shape[:2])}, got {tuple(weight.shape)}"
+        )
+    _check_devices(op, s=s, t=t, weight=weight)
+    return _child_mse(s, t, weight.detach().to(_acc_dtype(s.dtype)))[0]
+
+
+def block_mse(S: Tensor, t: Tensor, valid: Tensor, r: int) -> Tensor:  # noqa: N803
+    """Block-mean MSE of one layer, the per-row L_layer term of stage 1 for layer l.
+
+    Args:
+        S: student feature grid, (N, G, G, D), float32 / float16 / bfloat16 / float64.
+        t: teacher child embeddings at the same layer, (N, K, D) with K = r*r, same dtype as S.
+        valid: (N, K) bool, which children count. Invalid children are never read.
+        r: children per side (integer >= 2); G must be a multiple of r. Child k = v*r + u
+            covers grid rows v*G/r .. (v+1)*G/r and columns u*G/r .. (u+1)*G/r.
+
+    Returns:
+        (N,) float32 (float64 for float64 inputs): the mean over valid children k of
+        `mean_d (mean_{block B_k} S_i - t_ik)_d^2`; rows with no valid child give 0. Gradients
+        to S and, when it requires grad, to t.
+    """
+    op = "block_mse"
+    _check_tensor(op, "S", S, 4, "(N, G, G, D)")
+    _check_tensor(op, "t", t, 3, "(N, K, D)")
+    _check_tensor(op, "valid", valid, 2, "(N, K)")
+    _check_float(op, "S", S)
+    _check_float(op, "t", t, like=S)
+    if isinstance(r, bool) or not isinstance(r, int) or r < 2:
+        raise ValueError(f"{op}: r must be an integer >= 2, got {r!r}")
+    n, g, g2, d = S.shape
+    if g != g2 or d < 1:
+        raise ValueError(
+            f"{op}: S must be a square grid (N, G, G, D) with D >= 1, got {tuple(S.shape)}"
+        )
+    if g % r != 0:
+        raise ValueError(f"{op}: the grid side G = {g} of S is not a multiple of r = {r}")
+    _check_teacher(op, t, n, r * r, d)
+    if valid.dtype != torch.bool:
+        raise ValueError(f"{op}: valid must be a bool tensor, got {valid.dtype}")
+    if tuple(valid.shape) != (n, r * r):
+        raise ValueError(
+            f"{op}: valid must have shape (N, K) = {(n, r * r)}, got {tuple(valid.shape)}"
+        )
+    _check_devices(op, S=S, t=t, valid=valid)
+    return _block_mse(S, t, valid, r)
+
+
+class AlignmentLoss(nn.Module):
+    """Stage-1 loss `L_stage1 = mean_i (lambda_layer * L_layer(i) + lambda_attn * L_attn(i))`.
+
+    L_attn(i) is `child_mse` of the final embeddings with weights `attn * valid`, uniform over
+    the valid children where no attention is given or a row's weights sum to 0.
+    L_layer(i) is the mean over layers of `block_mse(grid_l, t_l, valid, r)`; with no layers
+    (the `adapter` mode) the term is left out.
+    """
+
+    def __init__(self, r: int = 4, lambda_attn: float = 1.0, lambda_layer: float = 1.0):
+        super().__init__()
+        if isinstance(r, bool) or not isinstance(r, int) or r < 2:
+            raise ValueError(f"AlignmentLoss: r must be an integer >= 2, got {r!r}")
+        self.r, self.lambda_attn, self.lambda_layer = r, float(lambda_attn), float(lambda_layer)
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, lambda_attn={self.lambda_attn}, lambda_layer={self.lambda_layer}"
+
+    def forward(
+        self,
+        s: Tensor,
+        t: Tensor,
+        valid: Tensor,
+        attn: Tensor | None = None,
+        grids: Sequence[Tensor] = (),
+        t_layers: Sequence[Tensor] = (),
+    ) -> Tensor:
+        """
+        Args:
+            s: student final embeddings (N, D); t: teacher child embeddings (N, K, D).
+            valid: (N, K) bool. attn: teacher attention weights (N, K), >= 0, or None.
+            grids: student grids per layer, each (N, G_l, G_l, D_l).
+            t_layers: teacher child embeddings per layer, each (N, K, D_l).
+
+        Returns: the scalar loss (float32; float64 for float64 inputs).
+        """
+        if len(grids) != len(t_layers):
+            raise ValueError(
+                f"AlignmentLoss: got {len(grids)} student grids but {len(t_layers)} teacher layers"
+            )
+        if not isinstance(valid, Tensor) or valid.dtype != torch.bool:
+            raise ValueError("AlignmentLoss: valid must be a bool tensor (N, K)")
+        acc = _acc_dtype(s.dtype)
+        mask = valid.to(acc)
+        if attn is None:
+            weight = mask
+        else:
+            if tuple(attn.shape) != tuple(valid.shape):
+                raise ValueError(
+                    f"AlignmentLoss: attn must have shape (N, K) = {tuple(valid.shape)}, "
+                    f"got {tuple(attn.shape)}"
+                )
+            weight = attn.detach().to(acc) * mask
+            weight = torch.where(weight.sum(1, keepdim=True) > 0, weight, mask)
+        loss = self.lambda_attn * child_mse(s, t, weight)
+        if grids:
+            layers = [
+                block_mse(g, tl, valid, self.r) for g, tl in zip(grids, t_layers, strict=True)
+            ]
+            loss = loss + self.lambda_layer * torch.stack(layers).mean(0)
+        return loss.mean()
