@@ -1,0 +1,247 @@
+"""Every setting of `lrmil distill`, with documented defaults.
+
+A config is a tree of dataclasses. It loads from a YAML or TOML file (any subset of the fields)
+and takes dotted overrides such as `student.lambda_bag=0.5`; values are parsed as YAML scalars
+and checked against the field's type, so a typo is refused with the key's full name.
+
+How the defaults were chosen: the paper's lambdas, temperatures and k are not public. The MIL
+defaults follow the authors' code (gated ABMIL, L = 128, AdamW 2e-4, weight decay 1e-4). The
+distillation weights were set on the synthetic cohort (bench/accuracy.py) so that each KD term
+starts at roughly the size of the cross-entropy: logit KD at T = 2 and attention KD at T = 1 with
+weight 1, instance loss 0.5 on k = 8 patches; stage 1 weighs its two terms equally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lrmil.errors import ConfigError
+from lrmil.utils.atomic import atomic_write_text
+
+ABLATIONS = ("no_stage1", "no_attn_kd", "no_logit_kd")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of one MIL model (teacher, student or baseline)."""
+
+    epochs: int = 40  # upper bound; early stopping usually ends sooner
+    batch_bags: int = 8  # bags packed into one batch (offsets), not batch size 1
+    lr: float = 2e-4  # AdamW learning rate, cosine-annealed to 0 over `epochs`
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    patience: int = 10  # epochs without a better validation AUC before stopping
+    min_epochs: int = 5  # never stop before this many epochs
+
+
+@dataclass
+class MILConfig:
+    """Gated ABMIL architecture shared by teacher, student and baseline."""
+
+    hidden: int = 128  # L, the gate's hidden size (authors' code)
+    proj_dim: int | None = None  # optional input projection (Linear + ReLU) before the gate
+    dropout: float = 0.1  # on the (projected) instance features, training only
+
+
+@dataclass
+class Stage1Config:
+    """Patch-level cross-resolution distillation of the LR encoder."""
+
+    enabled: bool = True  # False = student on un-distilled LR features (ablation "no_stage1")
+    mode: str = "encoder"  # "encoder": fine-tune the LR encoder on pixels; "adapter": projection
+    layers: list[str] = field(default_factory=list)  # intermediate layers for L_layer (encoder)
+    lambda_layer: float = 1.0
+    lambda_attn: float = 1.0
+    epochs: int = 3
+    batch_patches: int = 64  # LR patches per step
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    adapter_hidden: int = 512  # hidden width of the adapter's residual MLP
+    encoder_weights: str | None = None  # weights file for the LR encoder (default: built-in)
+    read_workers: int = 2  # threads reading LR pixels from the slides
+
+
+@dataclass
+class StudentConfig:
+    """The student's loss: CE + logit KD + attention KD + top-k/bottom-k instance loss."""
+
+    lambda_ce: float = 1.0
+    lambda_bag: float = 1.0  # logit KD weight
+    t_bag: float = 2.0  # logit KD temperature
+    lambda_soft: float = 1.0  # attention KD weight
+    t_attn: float = 1.0  # attention KD temperature
+    lambda_hard: float = 0.5  # instance loss weight
+    topk: int = 8  # k top (label 1) and bottom (label 0) patches, capped at N // 2
+    attn_map: str = "mean"  # HR -> LR parent mapping of the teacher's attention logits: mean|max
+
+
+@dataclass
+class DistillConfig:
+    """A whole `lrmil distill` run."""
+
+    features: str = ""  # FEAT dir with lr/ and hr/ features files
+    labels: str = ""  # CSV slide,label[,patient]
+    out: str = ""  # the run folder
+    tiled: str | None = None  # TILED dir with coords/ (slide paths for stage 1 encoder mode)
+    folds: int = 5
+    seed: int = 0
+    splits_csv: str | None = None  # slide,fold_1..fold_k with train/val/test; else from seed
+    val_fraction: float = 0.2  # share of the non-test patients used for validation
+    device: str = "auto"  # auto | cpu | cuda[:i]; bf16 autocast on CUDA
+    ablations: list[str] = field(default_factory=list)  # any of no_stage1, no_attn_kd, no_logit_kd
+    mil: MILConfig = field(default_factory=MILConfig)
+    teacher: TrainConfig = field(default_factory=TrainConfig)
+    baseline: TrainConfig = field(default_factory=TrainConfig)
+    student: TrainConfig = field(default_factory=TrainConfig)
+    kd: StudentConfig = field(default_factory=StudentConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+
+    def validate(self) -> DistillConfig:
+        if self.folds < 2:
+            raise ConfigError(f"folds must be >= 2, got {self.folds}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.stage1.mode not in ("encoder", "adapter"):
+            raise ConfigError(
+                f"stage1.mode must be 'encoder' or 'adapter', got {self.stage1.mode!r}")
+        if self.kd.attn_map not in ("mean", "max"):
+            raise ConfigError(f"kd.attn_map must be 'mean' or 'max', got {self.kd.attn_map!r}")
+        unknown = sorted(set(self.ablations) - set(ABLATIONS))
+        if unknown:
+            raise ConfigError(f"unknown ablations {unknown}; choose from {list(ABLATIONS)}")
+        for name in ("teacher", "baseline", "student"):
+            train: TrainConfig = getattr(self, name)
+            if train.epochs < 1 or train.batch_bags < 1:
+                raise ConfigError(f"{name}.epochs and {name}.batch_bags must be >= 1")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def from_dict(data: dict[str, Any], cls: type = DistillConfig, prefix: str = "") -> Any:
+    """Build a (nested) config dataclass from a mapping, refusing unknown keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"unknown setting {prefix}{key}; known: {sorted(names)}")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                **fields: Any) -> DistillConfig:
+    """Defaults, then the file (YAML or TOML), then keyword fields, then dotted overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_file(Path(path))
+    data = _merge(data, {k: v for k, v in fields.items() if v is not None})
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        _merge(data, _nest(key.strip().split("."), _parse_scalar(raw)))
+    return from_dict(data).validate()
+
+
+def save_config(cfg: DistillConfig, path: Path, extra: dict[str, Any] | None = None) -> None:
+    payload = {**cfg.to_dict(), **(extra or {})}
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True))
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml", ".json"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config file {path}: use .yaml, .yml, .toml or .json")
+    except ConfigError:
+        raise
+    except Exception as exc:  # yaml/toml parse errors carry the line number
+        raise ConfigError(f"config file {path} cannot be parsed: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    return data
+
+
+def _parse_scalar(raw: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def _nest(keys: list[str], value: Any) -> dict[str, Any]:
+    for key in reversed(keys):
+        value = {key: value}
+    return value
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Check `value` against a field's type hint, converting the few safe cases."""
+    if dataclasses.is_dataclass(hint):
+        return from_dict(value, hint, f"{name}.")
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, name)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{name}: bad value {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if isinstance(value, str):  # `ablations=no_stage1,no_attn_kd` on the command line
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        return [_coerce(v, item, name) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{name} must be {getattr(hint, '__name__', hint)}, got {value!r}")

@@ -1,0 +1,6 @@
+"""Gated attention MIL on packed bags."""
+
+from lrmil.mil.batch import Bag, Batch, collate, pack
+from lrmil.mil.model import GatedABMIL, MILOutput
+
+__all__ = ["Bag", "Batch", "GatedABMIL", "MILOutput", "collate", "pack"]

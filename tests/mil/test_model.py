@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from lrmil.mil import Bag, GatedABMIL, collate, pack
+from lrmil.ops import reference
+
+
+def test_pack_offsets_and_collate():
+    bags = [Bag("a", torch.ones(3, 4), 1, torch.zeros(2), torch.arange(3.0)),
+            Bag("b", torch.zeros(0, 4), 0, torch.ones(2), torch.zeros(0)),
+            Bag("c", torch.ones(2, 4), 0, torch.ones(2), torch.ones(2))]
+    x, offsets = pack([b.features for b in bags])
+    assert x.shape == (5, 4)
+    assert offsets.tolist() == [0, 3, 3, 5]
+    batch = collate(bags)
+    assert batch.labels.tolist() == [1, 0, 0]
+    assert batch.teacher_logits.shape == (3, 2)
+    assert batch.teacher_attn.tolist() == [0, 1, 2, 1, 1]
+    assert collate([Bag("d", torch.ones(1, 4), 0)]).teacher_logits is None
+
+
+@pytest.mark.parametrize("proj_dim", [None, 6])
+def test_forward_matches_the_definition(proj_dim):
+    torch.manual_seed(0)
+    model = GatedABMIL(5, 3, hidden=4, proj_dim=proj_dim, instance_head=True).eval()
+    bags = [torch.randn(4, 5), torch.randn(7, 5)]
+    x, offsets = pack(bags)
+    out = model(x, offsets)
+    assert out.logits.shape == (2, 3) and out.attn.shape == (11,)
+    assert out.inst_logits.shape == (11, 2)
+    for b, bag in enumerate(bags):
+        h = model.project(bag)
+        sl = slice(int(offsets[b]), int(offsets[b + 1]))
+        e = out.attn_logits[sl]
+        proj = model.pool.gate(h)  # e follows method.md's formula
+        assert torch.allclose(e, reference.gate_logits(proj, model.pool.w, model.pool.b_w),
+                              atol=1e-5)
+        a = torch.softmax(e, 0)
+        assert torch.allclose(out.attn[sl], a, atol=1e-6)
+        z = a @ h
+        assert torch.allclose(out.logits[b], model.classifier(z), atol=1e-5)
+
+
+def test_packed_batch_equals_bags_one_by_one():
+    torch.manual_seed(1)
+    model = GatedABMIL(8, 2, hidden=16).eval()
+    bags = [torch.randn(n, 8) for n in (1, 9, 4)]
+    x, offsets = pack(bags)
+    together = model(x, offsets).logits
+    alone = torch.cat([model(b, torch.tensor([0, len(b)])).logits for b in bags])
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_gradients_reach_every_parameter():
+    model = GatedABMIL(6, 2, hidden=8, proj_dim=4, instance_head=True)
+    x, offsets = pack([torch.randn(5, 6), torch.randn(3, 6)])
+    out = model(x, offsets)
+    (out.logits.sum() + out.inst_logits.sum()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_hparams_round_trip():
+    model = GatedABMIL(6, 4, hidden=8, proj_dim=5, instance_head=True)
+    clone = GatedABMIL.from_hparams(model.hparams())
+    clone.load_state_dict(model.state_dict())
+    assert clone.hparams() == model.hparams()
