@@ -1,0 +1,112 @@
+"""The per-slide record `attention/<slide>.h5` and the tables built from those records.
+
+The h5 is written last for a slide (after its heatmap), atomically, so its presence marks the
+slide complete; it records the inputs it came from so a re-run can tell whether it is current.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from lrmil.errors import FileFormatError
+from lrmil.infer.pipeline import SlidePrediction
+from lrmil.utils.atomic import atomic_path, atomic_write_text
+
+TIMING_KEYS = ("tissue", "read", "encode", "aggregate", "heatmap", "total")
+
+
+@dataclass
+class SlideRecord:
+    slide: str
+    predicted: str
+    probabilities: list[float]
+    n_patches: int
+    seconds: float
+    timings: dict[str, float]
+
+
+def slide_identity(path: Path) -> dict[str, object]:
+    """What ties an output to its input file: resolved path, size, mtime."""
+    stat = path.stat()
+    return {"slide_path": str(path.resolve()), "slide_size": stat.st_size,
+            "slide_mtime": stat.st_mtime}
+
+
+def write_attention(path: Path, pred: SlidePrediction, class_names: list[str],
+                    identity: dict[str, object], model_id: str, engine: str,
+                    versions: dict[str, str]) -> None:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("attention", data=pred.attention.astype(np.float32))
+        f.create_dataset("coords", data=pred.coords.astype(np.int64))
+        f.create_dataset("probabilities", data=pred.probabilities.astype(np.float32))
+        f.attrs.update({
+            "slide": pred.name, "predicted": class_names[pred.predicted],
+            "class_names": json.dumps(class_names), "patch_size_level0": pred.patch_size0,
+            "model": model_id, "engine": engine, "timings": json.dumps(pred.timings),
+            "versions": json.dumps(versions), **identity,
+        })
+
+
+def is_current(path: Path, identity: dict[str, object], model_id: str) -> bool:
+    """A complete record of the same slide file made by the same model."""
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+    except OSError:
+        return False  # unreadable: redo it
+    return attrs.get("model") == model_id and all(
+        attrs.get(k) == v for k, v in identity.items()
+    )
+
+
+def read_record(path: Path) -> SlideRecord:
+    try:
+        with h5py.File(path, "r") as f:
+            timings = json.loads(f.attrs["timings"])
+            return SlideRecord(
+                slide=str(f.attrs["slide"]), predicted=str(f.attrs["predicted"]),
+                probabilities=[float(p) for p in f["probabilities"][()]],
+                n_patches=int(f["attention"].shape[0]), seconds=float(timings["total"]),
+                timings=timings,
+            )
+    except (OSError, KeyError) as exc:
+        raise FileFormatError(f"{path}: not a readable lrmil attention file ({exc})") from exc
+
+
+def write_predictions(path: Path, records: list[SlideRecord], class_names: list[str]) -> None:
+    rows = [["slide", "predicted", *[f"prob_{c}" for c in class_names], "n_patches", "seconds"]]
+    rows += [[r.slide, r.predicted, *[f"{p:.6f}" for p in r.probabilities], r.n_patches,
+              f"{r.seconds:.3f}"] for r in records]
+    atomic_write_text(path, _csv(rows))
+
+
+def write_timings(path: Path, records: list[SlideRecord]) -> None:
+    rows = [["slide", "n_patches", *[f"{k}_s" for k in TIMING_KEYS], "patches_per_s"]]
+    for r in records:
+        rate = r.n_patches / r.seconds if r.seconds > 0 else 0.0
+        rows.append([r.slide, r.n_patches, *[f"{r.timings.get(k, 0.0):.3f}" for k in TIMING_KEYS],
+                     f"{rate:.1f}"])
+    atomic_write_text(path, _csv(rows))
+
+
+def write_errors(path: Path, errors: list[tuple[str, str]]) -> None:
+    """errors.csv (slide,error) when there are errors; a stale one is removed otherwise."""
+    if errors:
+        atomic_write_text(path, _csv([["slide", "error"], *errors]))
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _csv(rows: list[list[object]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()

@@ -1,0 +1,122 @@
+"""LR-only inference on one slide file: tissue mask -> LR grid -> encoder -> MIL head.
+
+DataLoader workers read and resize patches (each worker opens the slide once) while the main
+process encodes the previous batch; the whole bag is then aggregated in one call.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lrmil.errors import SlideError
+from lrmil.infer.engines.base import Engine
+from lrmil.tiling.config import TilingConfig
+from lrmil.tiling.tiler import tile_slide
+from lrmil.wsi import Slide, open_slide
+
+
+@dataclass
+class SlidePrediction:
+    name: str
+    path: Path
+    probabilities: np.ndarray  # (C,)
+    attention: np.ndarray  # (N,), sums to 1
+    coords: np.ndarray  # (N, 2) int64, LR patch top-left corners in level 0
+    patch_size0: int  # LR patch side in level-0 pixels
+    thumbnail: np.ndarray  # (h, w, 3) uint8, the whole slide
+    thumbnail_scale: float  # thumbnail pixels per level-0 pixel
+    timings: dict[str, float] = field(default_factory=dict)  # tissue, read, encode, aggregate
+
+    @property
+    def predicted(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+
+class PatchBatches(Dataset):
+    """Item i = the i-th batch of LR patches, (B, P, P, 3) uint8, read in a worker."""
+
+    def __init__(self, path: Path, mpp: float | None, coords: np.ndarray, size0: int,
+                 patch_size: int, batch_size: int) -> None:
+        self.path, self.mpp, self.coords = path, mpp, coords
+        self.size0, self.patch_size, self.batch_size = size0, patch_size, batch_size
+        self._slide: Slide | None = None  # opened lazily: one handle per worker process
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.coords) / self.batch_size)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if self._slide is None:
+            self._slide = open_slide(self.path, self.mpp)
+        rows = self.coords[i * self.batch_size:(i + 1) * self.batch_size]
+        patches = [self._slide.read_region(int(x), int(y), self.size0, self.patch_size)
+                   for x, y in rows]
+        return torch.from_numpy(np.stack(patches))
+
+    def close(self) -> None:
+        if self._slide is not None:
+            self._slide.close()
+            self._slide = None
+
+
+def predict_slide(path: str | Path, engine: Engine, tiling: TilingConfig, *,
+                  mpp: float | None = None, batch_size: int = 64, workers: int = 2,
+                  thumbnail_side: int = 1024,
+                  on_patches: Callable[[int], None] | None = None) -> SlidePrediction:
+    """Class probabilities and per-patch attention of one slide; `on_patches(n)` is called
+    after each encoded batch (progress)."""
+    path = Path(path)
+    clock = time.perf_counter()
+    with open_slide(path, mpp) as slide:
+        tiles = tile_slide(slide, tiling)
+        thumb = np.asarray(slide.thumbnail(thumbnail_side))
+        scale = thumb.shape[1] / slide.dimensions[0]
+        name = slide.name
+    if len(tiles.coords) == 0:
+        raise SlideError(f"{path}: no tissue found (no LR patch reaches the tissue threshold)")
+    timings = {"tissue": time.perf_counter() - clock, "read": 0.0, "encode": 0.0}
+
+    patches = PatchBatches(path, mpp, tiles.coords, tiles.geometry.lr_size0,
+                           tiling.patch_size, batch_size)
+    loader = DataLoader(patches, batch_size=None, num_workers=workers,
+                        pin_memory=engine.device.type == "cuda",
+                        prefetch_factor=4 if workers else None)
+    embeddings = []
+    try:
+        waited = time.perf_counter()
+        for batch in loader:
+            started = time.perf_counter()
+            timings["read"] += started - waited  # time the encoder sat waiting for pixels
+            embeddings.append(engine.encode(batch))
+            waited = time.perf_counter()
+            timings["encode"] += waited - started
+            if on_patches is not None:
+                on_patches(len(batch))
+    finally:
+        patches.close()
+    started = time.perf_counter()
+    probs, attn = engine.aggregate(torch.cat(embeddings))
+    probs, attn = probs.cpu().numpy(), attn.cpu().numpy()
+    timings["aggregate"] = time.perf_counter() - started
+    timings["total"] = time.perf_counter() - clock
+    return SlidePrediction(name, path, probs, attn, tiles.coords, tiles.geometry.lr_size0,
+                           thumb, scale, timings)
+
+
+def tiling_for(meta_extra: dict, patch_size: int, magnification: float) -> TilingConfig:
+    """The tiling the model was trained with (recorded in the run), else the defaults at the
+    model's LR magnification and patch size."""
+    recorded = meta_extra.get("tiling") or {}
+    if recorded:
+        return TilingConfig.from_dict(recorded)
+    defaults = TilingConfig()
+    ratio = defaults.hr_mag / defaults.lr_mag
+    return TilingConfig(lr_mag=magnification, hr_mag=magnification * ratio,
+                        patch_size=patch_size)
