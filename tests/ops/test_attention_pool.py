@@ -1,0 +1,282 @@
+"""The fused gated attention pooling op against its pure-PyTorch reference (CPU kernels)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lrmil.ops import GatedAttentionPool, gated_attention_pool, reference
+from lrmil.ops import attention_pool as ap
+from lrmil.testing import assert_close_report, max_abs_error
+
+HIDDEN = 16
+
+
+def make_inputs(lengths, dim, *, hidden=HIDDEN, dtype=torch.float32, seed=0, w_scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    n_rows = sum(lengths)
+    proj = torch.randn(n_rows, 2 * hidden, generator=gen, dtype=torch.float64) * 2
+    x = torch.randn(n_rows, dim, generator=gen, dtype=torch.float64)
+    w = torch.randn(hidden, generator=gen, dtype=torch.float64) * w_scale
+    b_w = torch.randn((), generator=gen, dtype=torch.float64)
+    offsets = torch.tensor([0, *lengths]).cumsum(0)
+    return proj.to(dtype), x.to(dtype), w.to(dtype), b_w.to(dtype), offsets
+
+
+def upstream_grads(pooled, attn, logits, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)
+        for t in (pooled, attn, logits)
+    ]
+
+
+def run(fn, proj, x, w, b_w, offsets, cast=None):
+    """Outputs and input gradients of fn, with fixed random gradients on all three outputs."""
+    leaves = [t.detach().to(cast or t.dtype).requires_grad_() for t in (proj, x, w, b_w)]
+    outs = fn(*leaves, offsets)
+    grads = upstream_grads(*outs)
+    torch.autograd.backward(outs, [g.to(o.dtype) for g, o in zip(grads, outs, strict=True)])
+    return [o.detach() for o in outs], [t.grad for t in leaves]
+
+
+def check_against_reference(inputs, rtol=1e-4, atol=1e-5):
+    outs, grads = run(gated_attention_pool, *inputs)
+    ref_outs, ref_grads = run(reference.gated_attention_pool, *inputs, cast=torch.float64)
+    names = ["pooled", "attn", "logits", "grad_proj", "grad_x", "grad_w", "grad_b_w"]
+    for name, got, want in zip(names, outs + grads, ref_outs + ref_grads, strict=True):
+        assert torch.isfinite(got).all(), name
+        assert_close_report(got, want, rtol=rtol, atol=atol, name=name)
+    return outs, grads
+
+
+@pytest.mark.parametrize("dim", [1, 3, 127, 768, 1032])
+def test_matches_reference_odd_shapes(dim):
+    check_against_reference(make_inputs([0, 1, 2, 33, 0, 5], dim, seed=dim))
+
+
+def test_long_bag_and_empty_bags():
+    outs, grads = check_against_reference(make_inputs([4097, 0, 1, 2, 33], 96))
+    assert outs[0][1].abs().max() == 0  # the empty bag pools to zeros
+
+
+def test_many_bags():
+    lengths = torch.randint(0, 20, (1000,), generator=torch.Generator().manual_seed(3)).tolist()
+    check_against_reference(make_inputs(lengths, 24))
+
+
+def test_no_rows_at_all():
+    proj, x, w, b_w, offsets = make_inputs([0, 0, 0], 5)
+    outs, grads = run(gated_attention_pool, proj, x, w, b_w, offsets)
+    assert outs[0].shape == (3, 5) and outs[0].abs().max() == 0
+    assert grads[2].abs().max() == 0 and grads[3] == 0
+
+
+def test_gradcheck_float64():
+    proj, x, w, b_w, offsets = make_inputs([0, 1, 3, 5], 4, hidden=3, dtype=torch.float64)
+    inputs = [t.requires_grad_() for t in (proj, x, w, b_w)]
+    assert torch.autograd.gradcheck(lambda *a: gated_attention_pool(*a, offsets), inputs)
+
+
+def test_non_contiguous_inputs_are_read_in_place():
+    proj, x, w, b_w, offsets = make_inputs([7, 0, 40, 13], 50)
+    n_rows = x.shape[0]
+    proj_buffer = torch.randn(2 * n_rows, 3 * HIDDEN)
+    proj_buffer[::2, 5 : 5 + 2 * HIDDEN] = proj
+    x_buffer = torch.randn(n_rows, 70)
+    x_buffer[:, 10:60] = x
+    strided = (proj_buffer[::2, 5 : 5 + 2 * HIDDEN], x_buffer[:, 10:60])
+    assert not strided[0].is_contiguous() and not strided[1].is_contiguous()
+    expected = gated_attention_pool(proj, x, w, b_w, offsets)
+    got = gated_attention_pool(*strided, w, b_w, offsets)
+    for g, e in zip(got, expected, strict=True):
+        assert torch.equal(g, e)
+    check_against_reference((*strided, w, b_w, offsets))
+
+
+def test_transposed_columns_are_handled():
+    proj, x, w, b_w, offsets = make_inputs([3, 9], 6)
+    check_against_reference((proj, x.t().contiguous().t(), w, b_w, offsets))
+
+
+def test_huge_logits():
+    # |logits| ~ 1e4: each bag's softmax is one-hot-like; max subtraction keeps it finite. fp32
+    # rounds such logits by ~1e-3, which moves attn (and so the gradients) by ~1e-3 relative.
+    check_against_reference(make_inputs([1, 17, 300], 8, w_scale=1e4), rtol=3e-3, atol=1e-2)
+
+
+def test_huge_bias_flattens_attention_without_overflow():
+    # b_w = -1e30 swamps every logit in fp32: attention becomes uniform, nothing overflows.
+    proj, x, w, _, offsets = make_inputs([4, 9], 8)
+    pooled, attn, _ = gated_attention_pool(proj, x, w, torch.tensor(-1e30), offsets)
+    uniform = torch.cat([torch.full((4,), 1 / 4), torch.full((9,), 1 / 9)])
+    assert_close_report(attn, uniform, name="attn")
+    assert_close_report(pooled, torch.stack([x[:4].mean(0), x[4:].mean(0)]), name="pooled")
+
+
+def test_all_minus_inf_logits_pool_to_zeros():
+    proj, x, w, b_w, offsets = make_inputs([3, 4], 5)
+    proj[:, :HIDDEN] = proj[:, :HIDDEN].abs() + 0.1  # tanh > 0, so w = -inf gives -inf logits
+    pooled, attn, logits = gated_attention_pool(
+        proj, x, torch.full_like(w, -float("inf")), b_w, offsets
+    )
+    assert torch.isneginf(logits).all()
+    assert pooled.abs().max() == 0 and attn.abs().max() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_within_flash_attention_rule(dtype):
+    # The kernel's error against an exact reference must be at most ~2x that of the plain
+    # PyTorch formulation run in the same low precision, plus a small atol.
+    proj, x, w, b_w, offsets = make_inputs([0, 1, 33, 200, 57], 96, dtype=dtype)
+    exact_outs, exact_grads = run(
+        reference.gated_attention_pool, proj, x, w, b_w, offsets, cast=torch.float64
+    )
+    outs, grads = run(gated_attention_pool, proj, x, w, b_w, offsets)
+    low_outs, low_grads = run(reference.gated_attention_pool_loop, proj, x, w, b_w, offsets)
+    names = ["pooled", "attn", "logits", "grad_proj", "grad_x", "grad_w", "grad_b_w"]
+    for name, got, low, exact in zip(
+        names, outs + grads, low_outs + low_grads, exact_outs + exact_grads, strict=True
+    ):
+        assert got.dtype == (torch.float32 if name in ("attn", "logits") else dtype), name
+        kernel_err, torch_err = max_abs_error(got, exact), max_abs_error(low, exact)
+        assert kernel_err <= 2 * torch_err + 1e-3, (
+            f"{name}: kernel {kernel_err:.3g} vs torch {torch_err:.3g}"
+        )
+
+
+def test_deterministic_bitwise():
+    inputs = make_inputs([20000, 1, 0, 777, 3000], 256, seed=5)
+    first = run(gated_attention_pool, *inputs)
+    second = run(gated_attention_pool, *inputs)
+    for a, b in zip(first[0] + first[1], second[0] + second[1], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_int32_offsets_match_int64():
+    proj, x, w, b_w, offsets = make_inputs([2, 0, 5], 4)
+    for a, b in zip(
+        gated_attention_pool(proj, x, w, b_w, offsets.int()),
+        gated_attention_pool(proj, x, w, b_w, offsets),
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+
+
+def test_output_dtypes():
+    for dtype, acc in [
+        (torch.float32, torch.float32),
+        (torch.bfloat16, torch.float32),
+        (torch.float64, torch.float64),
+    ]:
+        pooled, attn, logits = gated_attention_pool(*make_inputs([2, 3], 4, dtype=dtype))
+        assert (pooled.dtype, attn.dtype, logits.dtype) == (dtype, acc, acc)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(dtype):
+    proj, x, w, b_w, offsets = make_inputs([0, 3, 1, 6], 5, dtype=dtype)
+    args = [t.requires_grad_() for t in (proj, x, w, b_w)] + [offsets]
+    torch.library.opcheck(ap._pool_op, args)
+    grad_pooled = torch.randn(4, 5, dtype=dtype)
+    attn = gated_attention_pool(*args)[1].detach()
+    backward_args = (
+        grad_pooled,
+        torch.randn_like(attn),
+        None,
+        proj.detach(),
+        x.detach(),
+        w.detach(),
+        b_w.detach(),
+        offsets,
+        attn,
+    )
+    torch.library.opcheck(ap._pool_backward_op, backward_args)
+
+
+def test_torch_compile_fullgraph():
+    proj, x, w, b_w, offsets = make_inputs([3, 0, 8], 6)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def loss(proj, x, w, b_w, offsets):
+        pooled, attn, logits = gated_attention_pool(proj, x, w, b_w, offsets)
+        return pooled.square().sum() + (attn * logits).sum()
+
+    leaves = [t.requires_grad_() for t in (proj, x, w, b_w)]
+    loss(*leaves, offsets).backward()
+    expected = [t.detach().clone().requires_grad_() for t in (proj, x, w, b_w)]
+    pooled, attn, logits = reference.gated_attention_pool(*expected, offsets)
+    (pooled.square().sum() + (attn * logits).sum()).backward()
+    for got, want in zip(leaves, expected, strict=True):
+        assert_close_report(got.grad, want.grad, rtol=1e-4, atol=1e-5)
+
+
+def _bad(**changes):
+    proj, x, w, b_w, offsets = make_inputs([2, 3], 4)
+    args = {"proj": proj, "x": x, "w": w, "b_w": b_w, "offsets": offsets}
+    args.update(changes)
+    return args
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (_bad(x=torch.zeros(5, 4, dtype=torch.int64)), r"x must be float32.*int64"),
+        (_bad(x=torch.zeros(5, 4, 1)), r"x must be \(T, D\), got shape \(5, 4, 1\)"),
+        (
+            _bad(proj=torch.zeros(5, 2 * HIDDEN + 1)),
+            r"proj must be \(T, 2L\) = \(5, 32\).*\(5, 33\)",
+        ),
+        (_bad(proj=torch.zeros(6, 2 * HIDDEN)), r"proj must be \(T, 2L\)"),
+        (
+            _bad(proj=torch.zeros(5, 2 * HIDDEN, dtype=torch.float64)),
+            r"proj \(torch.float64\) and x",
+        ),
+        (_bad(w=torch.zeros(HIDDEN, 1)), r"w must be \(L,\)"),
+        (_bad(b_w=torch.zeros(2)), r"b_w must be a scalar"),
+        (_bad(offsets=torch.tensor([0.0, 2.0, 5.0])), r"offsets must be int64.*float32"),
+        (_bad(offsets=torch.tensor([[0, 2, 5]])), r"offsets must be \(B \+ 1,\)"),
+        (_bad(offsets=torch.tensor([1, 2, 5])), r"offsets\[0\] must be 0, got 1"),
+        (
+            _bad(offsets=torch.tensor([0, 2, 4])),
+            r"offsets\[-1\] must equal T = x.shape\[0\] = 5, got 4",
+        ),
+        (
+            _bad(offsets=torch.tensor([0, 3, 2, 5])),
+            r"non-decreasing.*offsets\[2\] = 2 < offsets\[1\] = 3",
+        ),
+        (_bad(w=torch.zeros(HIDDEN, device="meta")), r"x is on cpu but w is on meta"),
+    ],
+)
+def test_bad_inputs_name_the_argument(args, message):
+    with pytest.raises(ValueError, match=message):
+        gated_attention_pool(**args)
+
+
+def test_unsupported_device_is_refused():
+    with pytest.raises(ValueError, match="unsupported device meta"):
+        gated_attention_pool(*(t.to("meta") for t in make_inputs([2, 3], 4)))
+
+
+def test_module_matches_reference_and_trains():
+    torch.manual_seed(0)
+    layer = GatedAttentionPool(12, hidden=8)
+    x = torch.randn(30, 12)
+    offsets = torch.tensor([0, 10, 10, 30])
+    pooled, attn, logits = layer(x, offsets)
+    ref = reference.gated_attention_pool(layer.gate(x), x, layer.w, layer.b_w, offsets)
+    for got, want in zip((pooled, attn, logits), ref, strict=True):
+        assert_close_report(got, want, rtol=1e-5, atol=1e-6)
+    pooled.sum().backward()
+    assert all(p.grad is not None for p in layer.parameters())
+    with pytest.raises(ValueError, match=r"x must be \(T, 12\)"):
+        layer(torch.randn(3, 5), torch.tensor([0, 3]))
+
+
+def test_module_exports_without_the_custom_op():
+    layer = GatedAttentionPool(6, hidden=4).eval()
+    x, offsets = torch.randn(9, 6), torch.tensor([0, 4, 9])
+    program = torch.export.export(layer, (x, offsets))
+    assert "lrmil" not in str(program.graph)
+    for got, want in zip(program.module()(x, offsets), layer(x, offsets), strict=True):
+        assert_close_report(got, want, rtol=1e-5, atol=1e-6)
