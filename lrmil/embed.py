@@ -170,8 +170,9 @@ def embed_slides(
 ) -> EmbedSummary:
     """Encode every tiled slide of `tiled_dir` (its `coords/*.h5`) at `mag` ("lr", "hr" or
     "both") into `out_dir/{lr,hr}/<slide>.h5`. `encoder` is a registry name (built with
-    `weights`, `seed`, `model_kwargs`) or a built Encoder. `layers` adds the per-layer pooled
-    embeddings to HR files (`layers/<name>`, the stage-1 teacher targets)."""
+    `weights`, `seed`, `model_kwargs`) or a built Encoder. `layers` (or ["default"]: the
+    encoder's default_layers) adds the per-layer pooled embeddings to HR files (`layers/<name>`,
+    the stage-1 teacher targets)."""
     if mag not in MAGS:
         raise ConfigError(f"--mag must be one of {', '.join(MAGS)}, got {mag!r}")
     if batch_size < 1 or workers < 0:
@@ -184,6 +185,8 @@ def embed_slides(
         raise FileFormatError(f"{coords_dir} holds no coords files: run `lrmil tile` first")
     if isinstance(encoder, str):
         encoder = build(encoder, weights=weights, seed=seed, model_kwargs=model_kwargs)
+    if list(layers) == ["default"]:
+        layers = encoder.default_layers
     encoder.check_layers(layers)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device} requested but torch sees no CUDA device")

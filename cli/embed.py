@@ -1,0 +1,114 @@
+"""`lrmil embed`: encode the LR and/or HR patches of tiled slides into features files."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from lrmil.cli._common import known_errors
+from lrmil.cli.main import app
+
+
+class Mag(str, Enum):
+    lr = "lr"
+    hr = "hr"
+    both = "both"
+
+
+class Dtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+
+
+def parse_encoder_args(items: list[str]) -> dict[str, Any]:
+    """['init_values=1e-5', 'dynamic_img_size=true'] -> {'init_values': 1e-05, ...}."""
+    import ast
+
+    from lrmil.errors import ConfigError
+
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--encoder-arg must be KEY=VALUE, got {item!r}")
+        words = {"true": True, "false": False, "none": None}
+        try:
+            values[key] = words[text.lower()] if text.lower() in words else ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            values[key] = text
+    return values
+
+
+@app.command()
+def embed(
+    tiled_dir: Annotated[
+        Path, typer.Argument(help="Output folder of `lrmil tile` (holds coords/).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Features folder: OUT/lr/<slide>.h5, OUT/hr/<slide>.h5.")
+    ],
+    encoder: Annotated[
+        str, typer.Option(help="lrmil-cnn, lrmil-vit-tiny, timm:<model> or torchvision:<model>.")
+    ] = "lrmil-cnn",
+    weights: Annotated[
+        Path | None, typer.Option(help="Encoder weights: .safetensors or a torch state dict.")
+    ] = None,
+    encoder_arg: Annotated[
+        list[str] | None,
+        typer.Option(help="Model constructor argument KEY=VALUE (timm/torchvision), repeatable."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of a built-in encoder's initialisation.")] = 0,
+    mag: Annotated[Mag, typer.Option(help="Magnifications to encode.")] = Mag.both,
+    layers: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Layers whose pooled embeddings go into HR files (stage-1 teacher); "
+            "repeatable, or 'default'."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Patches per batch.")] = 64,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes reading patches.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    dtype: Annotated[Dtype, typer.Option(help="Storage type of the features.")] = Dtype.float32,
+    overwrite: Annotated[
+        bool, typer.Option(help="Redo slides whose outputs are complete.")
+    ] = False,
+) -> None:
+    """Encode the patches of tiled slides, read on the fly, into one features HDF5 per slide and
+    magnification (TRIDENT-compatible; HR files with parent/child links). Complete outputs that
+    match their inputs are skipped; failing slides go to OUT/errors.csv."""
+    with known_errors():
+        from rich.console import Console
+
+        from lrmil.embed import embed_slides
+
+        summary = embed_slides(
+            tiled_dir,
+            encoder,
+            out,
+            mag=mag.value,
+            weights=weights,
+            seed=seed,
+            model_kwargs=parse_encoder_args(encoder_arg or []),
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            layers=layers or (),
+            dtype=dtype.value,
+            overwrite=overwrite,
+            progress=True,
+        )
+        console = Console(stderr=True, soft_wrap=True)
+        for r in summary.results:
+            if r.status == "failed":
+                console.print(f"[red]failed[/] {r.slide} ({r.mag}): {r.error}", highlight=False)
+        console.print(
+            f"embedded {summary.count('ok')}, skipped {summary.count('skipped')}, "
+            f"failed {summary.count('failed')} (slide x magnification) in {summary.seconds:.1f} s; "
+            f"{summary.patches} patches at {summary.patches_per_second:.0f} patches/s -> {out}",
+            highlight=False,
+        )
+        if summary.count("failed"):
+            raise typer.Exit(1)
