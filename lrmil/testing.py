@@ -50,3 +50,41 @@ def max_abs_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """Largest |actual - expected|, computed in float64 on the CPU."""
     a = actual.detach().to("cpu", torch.float64)
     return float((a - expected.detach().to("cpu", torch.float64)).abs().max()) if a.numel() else 0.0
+
+
+def attention_pool_inputs(
+    lengths: list[int],
+    dim: int,
+    *,
+    hidden: int = 16,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    w_scale: float = 1.0,
+) -> tuple[torch.Tensor, ...]:
+    """Random (proj, x, w, b_w, offsets) for `gated_attention_pool`, bags of the given lengths.
+
+    Drawn in float64 from a seeded generator then cast, so every dtype sees the same values.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n_rows = sum(lengths)
+    proj = torch.randn(n_rows, 2 * hidden, generator=gen, dtype=torch.float64) * 2
+    x = torch.randn(n_rows, dim, generator=gen, dtype=torch.float64)
+    w = torch.randn(hidden, generator=gen, dtype=torch.float64) * w_scale
+    b_w = torch.randn((), generator=gen, dtype=torch.float64)
+    offsets = torch.tensor([0, *lengths]).cumsum(0)
+    return proj.to(dtype), x.to(dtype), w.to(dtype), b_w.to(dtype), offsets
+
+
+def run_with_grads(fn, *inputs, cast: torch.dtype | None = None, seed: int = 1):
+    """(outputs, input gradients) of `fn(*float_inputs, *rest)`, backpropagating fixed random
+    gradients into every output. The floating-point inputs (cast to `cast` if given) are the
+    leaves; the others (e.g. offsets) are passed as they are."""
+    leaves = [
+        t.detach().to(cast or t.dtype).requires_grad_() if t.is_floating_point() else t
+        for t in inputs
+    ]
+    outs = fn(*leaves)
+    gen = torch.Generator().manual_seed(seed)
+    grads = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o) for o in outs]
+    torch.autograd.backward(outs, grads)
+    return [o.detach() for o in outs], [t.grad for t in leaves if t.is_floating_point()]

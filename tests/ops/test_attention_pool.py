@@ -8,36 +8,10 @@ import torch
 from lrmil.ops import GatedAttentionPool, gated_attention_pool, reference
 from lrmil.ops import attention_pool as ap
 from lrmil.testing import assert_close_report, max_abs_error
+from lrmil.testing import attention_pool_inputs as make_inputs
+from lrmil.testing import run_with_grads as run
 
-HIDDEN = 16
-
-
-def make_inputs(lengths, dim, *, hidden=HIDDEN, dtype=torch.float32, seed=0, w_scale=1.0):
-    gen = torch.Generator().manual_seed(seed)
-    n_rows = sum(lengths)
-    proj = torch.randn(n_rows, 2 * hidden, generator=gen, dtype=torch.float64) * 2
-    x = torch.randn(n_rows, dim, generator=gen, dtype=torch.float64)
-    w = torch.randn(hidden, generator=gen, dtype=torch.float64) * w_scale
-    b_w = torch.randn((), generator=gen, dtype=torch.float64)
-    offsets = torch.tensor([0, *lengths]).cumsum(0)
-    return proj.to(dtype), x.to(dtype), w.to(dtype), b_w.to(dtype), offsets
-
-
-def upstream_grads(pooled, attn, logits, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    return [
-        torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)
-        for t in (pooled, attn, logits)
-    ]
-
-
-def run(fn, proj, x, w, b_w, offsets, cast=None):
-    """Outputs and input gradients of fn, with fixed random gradients on all three outputs."""
-    leaves = [t.detach().to(cast or t.dtype).requires_grad_() for t in (proj, x, w, b_w)]
-    outs = fn(*leaves, offsets)
-    grads = upstream_grads(*outs)
-    torch.autograd.backward(outs, [g.to(o.dtype) for g, o in zip(grads, outs, strict=True)])
-    return [o.detach() for o in outs], [t.grad for t in leaves]
+HIDDEN = 16  # attention_pool_inputs' default hidden size
 
 
 def check_against_reference(inputs, rtol=1e-4, atol=1e-5):
