@@ -39,8 +39,8 @@ def _disk(radius: int) -> np.ndarray:
 def _morph(mask: np.ndarray, radius: int, op: str) -> np.ndarray:
     if radius < 1:
         return mask
-    # Pad so that closing does not eat tissue touching the image border.
-    padded = np.pad(mask, radius)
+    # Replicate the edge so that tissue cut by the image border is not eroded away.
+    padded = np.pad(mask, radius, mode="edge")
     func = ndimage.binary_closing if op == "close" else ndimage.binary_opening
     out = func(padded, structure=_disk(radius))
     return out[radius:-radius, radius:-radius]

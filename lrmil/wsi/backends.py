@@ -81,7 +81,7 @@ class ImageBackend:
     def __init__(self, path: Path) -> None:
         try:
             with Image.open(path) as image:
-                self._image = _on_white(image.convert("RGBA") if "A" in image.mode else image)
+                self._image = _on_white(image.convert("RGBA" if "A" in image.mode else "RGB"))
         except (OSError, Image.DecompressionBombError) as exc:
             raise SlideError(f"{path}: cannot read the image ({exc})") from None
         self.level_dimensions = (self._image.size,)
