@@ -49,3 +49,22 @@ def synth_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth_cohort")
     make_cohort(out, n_slides=6, seed=0, width=1024, height=1024)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_lr_model():
+    """(EncoderGraph, HeadGraph, ModelMeta) of a tiny CNN + gated MIL head, 32 px patches."""
+    from lrmil.infer.testing import tiny_model
+
+    return tiny_model(dim=16, n_classes=3, patch_size=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_lr_export(tiny_lr_model, tmp_path_factory):
+    """The tiny model exported to ONNX once per session (export takes seconds); read-only."""
+    from lrmil.export import export_model
+
+    out = tmp_path_factory.mktemp("tiny_export")
+    export_model(*tiny_lr_model, out)
+    return out
+
