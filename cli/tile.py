@@ -1,0 +1,92 @@
+"""`lrmil tile`: tissue mask, LR grid with HR children, coords files and thumbnails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from lrmil.cli._common import known_errors
+from lrmil.cli.main import app
+
+
+@app.command()
+def tile(
+    slides: Annotated[
+        list[str],
+        typer.Argument(help="Slide files, folders, glob patterns, or CSVs with a `slide` column."),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (coords/, thumbnails/).")],
+    lr_mag: Annotated[float, typer.Option(help="Low (inference) magnification.")] = 5.0,
+    hr_mag: Annotated[
+        float, typer.Option(help="High (teacher) magnification; a multiple of --lr-mag.")
+    ] = 20.0,
+    patch_size: Annotated[
+        int, typer.Option(help="Patch side in pixels at each magnification.")
+    ] = 256,
+    tissue_threshold: Annotated[
+        float, typer.Option(help="Keep an LR patch whose tissue fraction is at least this.")
+    ] = 0.25,
+    child_threshold: Annotated[
+        float, typer.Option(help="An HR child is valid if its tissue fraction is at least this.")
+    ] = 0.25,
+    mpp: Annotated[
+        float | None, typer.Option(help="Microns per pixel for all slides (overrides metadata).")
+    ] = None,
+    mpp_csv: Annotated[
+        Path | None, typer.Option(help="CSV `slide,mpp` giving each slide's microns per pixel.")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Slides tiled in parallel processes.")] = 1,
+    overwrite: Annotated[
+        bool, typer.Option(help="Redo slides whose outputs are complete.")
+    ] = False,
+) -> None:
+    """Tile slides: tissue mask, the LR grid, and r x r HR children per LR patch. Resumable;
+    one bad slide is reported and the others go on; exits 1 if any slide failed."""
+    with known_errors():
+        from lrmil.errors import ConfigError
+        from lrmil.tiling import TilingConfig, tile_slides
+        from lrmil.wsi import load_mpp_csv
+
+        if mpp is not None and mpp_csv is not None:
+            raise ConfigError("give either --mpp or --mpp-csv, not both")
+        config = TilingConfig(
+            lr_mag=lr_mag,
+            hr_mag=hr_mag,
+            patch_size=patch_size,
+            tissue_threshold=tissue_threshold,
+            child_threshold=child_threshold,
+        )
+        override = load_mpp_csv(mpp_csv) if mpp_csv is not None else mpp
+        summary = tile_slides(
+            slides, out, config, workers=workers, overwrite=overwrite, mpp=override, progress=True
+        )
+        _print_summary(summary)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _print_summary(summary) -> None:  # summary: lrmil.tiling.TilingSummary
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    table = Table(title=f"lrmil tile -> {summary.out_dir}")
+    for column in ("ok", "empty", "skipped", "failed", "patches", "seconds"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        str(summary.ok),
+        str(len(summary.empty)),
+        str(summary.skipped),
+        str(summary.failed),
+        f"{summary.patches:,}",
+        f"{summary.seconds:.1f}",
+    )
+    console.print(table)
+    if summary.empty:
+        console.print(f"[yellow]no tissue found (empty grid):[/] {', '.join(summary.empty)}")
+    for result in summary.results:
+        if result.status == "failed":
+            console.print(f"[red]failed[/] {result.name}: {result.error}", soft_wrap=True)
+    if summary.failed:
+        console.print(f"errors written to {summary.out_dir / 'errors.csv'}")

@@ -1,0 +1,141 @@
+"""`lrmil tile`: the command, its exit codes and messages, and an interrupted run resumed."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from lrmil.cli.main import app
+from PIL import Image
+from typer.testing import CliRunner
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(app, ["tile", *map(str, args)])
+
+
+def test_tile_a_folder(tmp_path, synth_slide_path):
+    src = tmp_path / "slides"
+    src.mkdir()
+    shutil.copy(synth_slide_path, src / "a.svs")
+    result = _invoke(src, "--out", tmp_path / "out", "--patch-size", 128)
+    assert result.exit_code == 0, result.output
+    assert "skipped" in result.output and "patches" in result.output
+    with h5py.File(tmp_path / "out" / "coords" / "a.h5") as f:
+        assert f["coords"].attrs["patch_size"] == 128
+        assert f["hr/coords"].attrs["patch_size_level0"] == 128
+    assert (tmp_path / "out" / "thumbnails" / "a.png").is_file()
+    written = (tmp_path / "out" / "coords" / "a.h5").stat().st_mtime_ns
+    again = _invoke(src, "--out", tmp_path / "out", "--patch-size", 128)
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "out" / "coords" / "a.h5").stat().st_mtime_ns == written  # skipped
+
+
+def test_a_failed_slide_gives_exit_code_1(tmp_path, synth_slide_path):
+    bad = tmp_path / "bad.svs"
+    bad.write_text("text")
+    result = _invoke(synth_slide_path, bad, "--out", tmp_path / "out")
+    assert result.exit_code == 1
+    assert "bad.svs: not a slide format OpenSlide can read" in result.output
+    assert (tmp_path / "out" / "coords" / f"{synth_slide_path.stem}.h5").is_file()
+    assert "bad.svs" in (tmp_path / "out" / "errors.csv").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lr-mag", "3"], "--lr-mag 3 must divide --hr-mag 20"),
+        (["--mpp", "0.5", "--mpp-csv", "x.csv"], "either --mpp or --mpp-csv"),
+        (["--mpp-csv", "missing.csv"], "missing.csv: cannot read the mpp CSV"),
+    ],
+)
+def test_bad_options(tmp_path, synth_slide_path, args, message):
+    result = _invoke(synth_slide_path, "--out", tmp_path / "out", *args)
+    assert result.exit_code == 1
+    assert message in result.output
+
+
+def test_mpp_csv_for_plain_images(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = np.full((1200, 1200, 3), 236, np.uint8)
+    pixels[100:1100, 100:1100] = (190, 100, 160) + rng.integers(0, 20, (1000, 1000, 3))
+    Image.fromarray(pixels).save(tmp_path / "img.png")
+    (tmp_path / "mpp.csv").write_text("slide,mpp\nimg.png,0.5\n")
+    result = _invoke(
+        tmp_path / "img.png", "--out", tmp_path / "out", "--mpp-csv", tmp_path / "mpp.csv"
+    )
+    assert result.exit_code == 0, result.output
+    with h5py.File(tmp_path / "out" / "coords" / "img.h5") as f:
+        assert f["coords"].shape == (1, 2) and f["coords"].attrs["level0_mpp"] == 0.5
+
+
+def _datasets(path: Path) -> dict[str, object]:
+    """Every dataset and attribute of an HDF5 file, for comparing two runs."""
+    with h5py.File(path) as f:
+        items: dict[str, object] = {f"/@{k}": v for k, v in f.attrs.items()}
+
+        def visit(name: str, obj: object) -> None:
+            for key, value in obj.attrs.items():
+                items[f"{name}@{key}"] = value
+            if isinstance(obj, h5py.Dataset):
+                items[name] = obj[()]
+
+        f.visititems(visit)
+    return items
+
+
+def _assert_same_outputs(a: Path, b: Path) -> None:
+    for sub in ("coords", "thumbnails"):
+        assert sorted(p.name for p in (a / sub).iterdir()) == sorted(
+            p.name for p in (b / sub).iterdir()
+        )
+    for h5 in (a / "coords").iterdir():
+        left, right = _datasets(h5), _datasets(b / "coords" / h5.name)
+        assert left.keys() == right.keys()
+        for key in left:
+            np.testing.assert_array_equal(left[key], right[key], err_msg=f"{h5.name} {key}")
+    for png in (a / "thumbnails").iterdir():
+        assert np.array_equal(
+            np.asarray(Image.open(png)), np.asarray(Image.open(b / "thumbnails" / png.name))
+        )
+
+
+def _lrmil(*args: str | Path) -> list[str]:
+    return [sys.executable, "-c", "from lrmil.cli.main import app; app()", *map(str, args)]
+
+
+def test_sigint_midway_then_resume_equals_a_clean_run(tmp_path, synth_slide_path):
+    src = tmp_path / "slides"
+    src.mkdir()
+    for i in range(10):
+        shutil.copy(synth_slide_path, src / f"s{i}.svs")
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen(
+        _lrmil("tile", src, "--out", out, "--workers", "2"), stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 60
+    while not any((out / "coords").glob("*.h5")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no output appeared"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr.decode()
+    done = list((out / "coords").glob("*.h5"))
+    assert 0 < len(done) < 10
+    leftovers = [p.name for p in out.rglob(".*")]
+    assert not leftovers, leftovers  # no temporary files left behind
+
+    rerun = subprocess.run(_lrmil("tile", src, "--out", out), capture_output=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr.decode()
+    clean = subprocess.run(
+        _lrmil("tile", src, "--out", tmp_path / "clean"), capture_output=True, timeout=120
+    )
+    assert clean.returncode == 0, clean.stderr.decode()
+    _assert_same_outputs(out, tmp_path / "clean")
