@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from lrmil.cli._common import known_errors
 from lrmil.cli.main import app
 
+if TYPE_CHECKING:
+    from lrmil.tiling import TilingSummary
+
+
+# Options that are TilingConfig fields: a config file sets them, a flag given on the line wins.
+CONFIG_OPTIONS = ("lr_mag", "hr_mag", "patch_size", "tissue_threshold", "child_threshold")
+
 
 @app.command()
 def tile(
+    ctx: typer.Context,
     slides: Annotated[
         list[str],
         typer.Argument(help="Slide files, folders, glob patterns, or CSVs with a `slide` column."),
@@ -40,23 +48,31 @@ def tile(
     overwrite: Annotated[
         bool, typer.Option(help="Redo slides whose outputs are complete.")
     ] = False,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="YAML/TOML file of tiling settings (these options, and `tissue:` mask "
+            "parameters); options given on the command line win.",
+        ),
+    ] = None,
 ) -> None:
     """Tile slides: tissue mask, the LR grid, and r x r HR children per LR patch. Resumable;
     one bad slide is reported and the others go on; exits 1 if any slide failed."""
     with known_errors():
         from lrmil.errors import ConfigError
         from lrmil.tiling import TilingConfig, tile_slides
+        from lrmil.tiling.config import read_config_file
         from lrmil.wsi import load_mpp_csv
 
         if mpp is not None and mpp_csv is not None:
             raise ConfigError("give either --mpp or --mpp-csv, not both")
-        config = TilingConfig(
-            lr_mag=lr_mag,
-            hr_mag=hr_mag,
-            patch_size=patch_size,
-            tissue_threshold=tissue_threshold,
-            child_threshold=child_threshold,
-        )
+        values = read_config_file(config_file) if config_file is not None else {}
+        for name in CONFIG_OPTIONS:
+            source = ctx.get_parameter_source(name)
+            if name not in values or (source is not None and source.name != "DEFAULT"):
+                values[name] = ctx.params[name]
+        config = TilingConfig.from_dict(values, source=str(config_file or "options"))
         override = load_mpp_csv(mpp_csv) if mpp_csv is not None else mpp
         summary = tile_slides(
             slides, out, config, workers=workers, overwrite=overwrite, mpp=override, progress=True
@@ -66,7 +82,7 @@ def tile(
         raise typer.Exit(1)
 
 
-def _print_summary(summary) -> None:  # summary: lrmil.tiling.TilingSummary
+def _print_summary(summary: TilingSummary) -> None:
     from rich.console import Console
     from rich.table import Table
 

@@ -4,7 +4,8 @@ tissue-mask parameters, each with a default and validated once here."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from lrmil.errors import ConfigError
@@ -73,7 +74,40 @@ class TilingConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TilingConfig:
+    def from_dict(cls, values: dict[str, Any], source: str = "tiling config") -> TilingConfig:
         values = dict(values)
-        tissue = TissueParams(**values.pop("tissue", {}))
-        return cls(**values, tissue=tissue)
+        tissue = values.pop("tissue", None) or {}
+        for given, allowed in ((values, fields(cls)), (tissue, fields(TissueParams))):
+            unknown = set(given) - {f.name for f in allowed}
+            if unknown:
+                raise ConfigError(f"{source}: unknown setting(s) {', '.join(sorted(unknown))}")
+        try:
+            return cls(**values, tissue=TissueParams(**tissue))
+        except TypeError as exc:  # e.g. a string where a number belongs
+            raise ConfigError(f"{source}: a setting has the wrong type ({exc})") from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Tiling settings from a YAML, TOML or JSON file: TilingConfig fields at the top level or
+    under a `tile` section, tissue-mask parameters under `tissue`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib  # Python >= 3.11
+
+            values = tomllib.loads(text)
+        else:  # YAML, which also reads JSON
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+    except Exception as exc:  # tomllib.TOMLDecodeError, yaml.YAMLError
+        raise ConfigError(f"{path}: not a valid config file ({exc})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping of settings")
+    section = values.get("tile", values)
+    TilingConfig.from_dict(section, source=str(path))  # validate early, naming the file
+    return section

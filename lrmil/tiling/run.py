@@ -15,12 +15,16 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lrmil.errors import ConfigError, LrmilError
 from lrmil.tiling.config import TilingConfig
 from lrmil.tiling.inputs import collect_slides
 from lrmil.utils.atomic import atomic_path, atomic_write_text
 from lrmil.wsi import MppOverride, override_for, slide_name
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 COORDS_DIR, THUMBNAILS_DIR, ERRORS_CSV = "coords", "thumbnails", "errors.csv"
 
@@ -91,7 +95,7 @@ def is_complete(slide: Path, out_dir: Path, config: TilingConfig) -> bool:
 
 def tile_one(slide: Path, out_dir: Path, config: TilingConfig, mpp: float | None) -> SlideResult:
     """Tile one slide and write its thumbnail then its coords file (the completion mark).
-    Known problems become a failed result; only bugs raise."""
+    Any failure becomes a failed result, so that one bad slide never stops the others."""
     from lrmil.tiling.coords_io import write_coords
     from lrmil.tiling.thumbnail import draw_thumbnail
     from lrmil.tiling.tiler import tile_slide
@@ -120,6 +124,9 @@ def tile_one(slide: Path, out_dir: Path, config: TilingConfig, mpp: float | None
         )
     except (LrmilError, OSError) as exc:
         return SlideResult(str(slide), name, "failed", 0, time.perf_counter() - start, str(exc))
+    except Exception as exc:  # a reader or library bug on an odd file: report it with its type
+        message = f"{slide}: unexpected {type(exc).__name__}: {exc}"
+        return SlideResult(str(slide), name, "failed", 0, time.perf_counter() - start, message)
     n = len(tiles.coords)
     status = "ok" if n else "empty"
     return SlideResult(str(slide), name, status, n, time.perf_counter() - start)
@@ -219,7 +226,7 @@ def tile_slides(
     return summary
 
 
-def _progress():  # -> rich.progress.Progress, imported only when shown
+def _progress() -> Progress:
     from rich.console import Console
     from rich.progress import (
         BarColumn,

@@ -16,6 +16,8 @@ from lrmil.cli.main import app
 from PIL import Image
 from typer.testing import CliRunner
 
+from lrmil.tiling import read_coords
+
 
 def _invoke(*args: str):
     return CliRunner().invoke(app, ["tile", *map(str, args)])
@@ -111,6 +113,7 @@ def _lrmil(*args: str | Path) -> list[str]:
     return [sys.executable, "-c", "from lrmil.cli.main import app; app()", *map(str, args)]
 
 
+@pytest.mark.slow  # three `lrmil tile` processes over 10 slides: 15-30 s on a shared 2-core box
 def test_sigint_midway_then_resume_equals_a_clean_run(tmp_path, synth_slide_path):
     src = tmp_path / "slides"
     src.mkdir()
@@ -139,3 +142,17 @@ def test_sigint_midway_then_resume_equals_a_clean_run(tmp_path, synth_slide_path
     )
     assert clean.returncode == 0, clean.stderr.decode()
     _assert_same_outputs(out, tmp_path / "clean")
+
+
+def test_config_file_with_flags_winning(tmp_path, synth_slide_path):
+    config = tmp_path / "tile.yaml"
+    config.write_text("tile:\n  patch_size: 128\n  lr_mag: 10\n  tissue:\n    min_saturation: 30\n")
+    result = _invoke(synth_slide_path, "--out", tmp_path / "out", "--config", config, "--lr-mag", 5)
+    assert result.exit_code == 0, result.output
+    tiled = read_coords(tmp_path / "out" / "coords" / f"{synth_slide_path.stem}.h5")
+    assert (tiled.patch_size, tiled.lr_mag, tiled.r) == (128, 5, 4)
+    assert tiled.config.tissue.min_saturation == 30
+    config.write_text("patch_size: 128\ncolour: blue\n")
+    result = _invoke(synth_slide_path, "--out", tmp_path / "out", "--config", config)
+    assert result.exit_code == 1
+    assert "tile.yaml: unknown setting(s) colour" in result.output

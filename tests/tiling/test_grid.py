@@ -105,3 +105,10 @@ def test_config_round_trip():
     config = TilingConfig(lr_mag=2.5, hr_mag=10, patch_size=224)
     assert config.r == 4
     assert TilingConfig.from_dict(config.to_dict()) == config
+
+
+def test_config_from_dict_names_the_source():
+    with pytest.raises(ConfigError, match="my.yaml: unknown setting"):
+        TilingConfig.from_dict({"tissue": {"radius": 3}}, source="my.yaml")
+    with pytest.raises(ConfigError, match="my.yaml: a setting has the wrong type"):
+        TilingConfig.from_dict({"patch_size": "big"}, source="my.yaml")

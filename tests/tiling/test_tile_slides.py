@@ -212,3 +212,20 @@ def test_slide_lists(tmp_path, synth_slide_path, real_slide_path):
     shutil.copy(synth_slide_path, tmp_path / f"{real_slide_path.stem}.svs")
     with pytest.raises(ConfigError, match="share the name"):
         collect_slides([real_slide_path, tmp_path / f"{real_slide_path.stem}.svs"])
+
+
+def test_an_unexpected_error_fails_only_its_slide(tmp_path, synth_slide_path, monkeypatch):
+    import lrmil.tiling.tiler as tiler
+
+    real = tiler.tile_slide
+
+    def flaky(slide, config):
+        if slide.name == "broken":
+            raise ValueError("odd file")
+        return real(slide, config)
+
+    monkeypatch.setattr(tiler, "tile_slide", flaky)
+    broken = shutil.copy(synth_slide_path, tmp_path / "broken.svs")
+    summary = tile_slides([broken, synth_slide_path], tmp_path / "out")
+    assert [r.status for r in summary.results] == ["failed", "ok"]
+    assert "broken.svs: unexpected ValueError: odd file" in summary.results[0].error
