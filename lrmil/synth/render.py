@@ -56,7 +56,8 @@ def _stamp_nuclei(
     y0: int,
 ) -> None:
     """Max-composite the nuclei of one population whose lattice site passes `accept` (a
-    probability map over the canvas, whose top-left pixel is at global (x0, y0))."""
+    probability map over the canvas, whose top-left pixel is at global (x0, y0)). The canvas
+    must be C-contiguous: nuclei are written through a flat view."""
     population = scene.populations[name]
     g, stamps = population.spacing, population.stamps
     height, width = canvas.shape
@@ -78,7 +79,9 @@ def _stamp_nuclei(
     which = np.minimum((u_stamp[keep] * len(stamps)).astype(np.int64), len(stamps) - 1)
     offsets = (np.arange(size)[:, None] * width + np.arange(size)[None, :]).ravel()
     index = ((cy - half) * width + (cx - half))[:, None] + offsets[None, :]
-    np.maximum.at(canvas.reshape(-1), index.ravel(), stamps[which].reshape(-1))
+    flat = canvas.view()
+    flat.shape = (-1,)  # raises instead of copying if the canvas is not contiguous
+    np.maximum.at(flat, index.ravel(), stamps[which].reshape(-1))
 
 
 def render_box(scene: Scene, x0: int, y0: int, width: int, height: int) -> np.ndarray:
@@ -87,24 +90,36 @@ def render_box(scene: Scene, x0: int, y0: int, width: int, height: int) -> np.nd
     xs = np.arange(x0 - pad, x0 + width + pad, dtype=np.float32)
     ys = np.arange(y0 - pad, y0 + height + pad, dtype=np.float32)
     tissue = scene.tissue(xs, ys)
+    tile = scene.grain.shape[0]
+    rows, cols = np.arange(y0, y0 + height) % tile, np.arange(x0, x0 + width) % tile
+    grain = scene.grain[rows[:, None], cols[None, :], None]
+    glass = np.float32(scene.background * np.exp(-0.015))
+    if not tissue.any():  # most of a slide is glass: skip the stains
+        return np.clip(glass + 2 * grain, 0, 255).astype(np.uint8).repeat(3, axis=2)
     density, union, eosin_factor = _region_maps(scene, xs, ys, tissue)
 
-    hema = np.zeros_like(tissue)
+    hema = np.zeros(tissue.shape, np.float32)
     cellularity = 0.3 + 0.2 * scene.noise["density"].grid(xs, ys)
     _stamp_nuclei(scene, hema, "normal", tissue * (1 - union) * cellularity, x0 - pad, y0 - pad)
     for kind in _KINDS:
         if density[kind].any():
             _stamp_nuclei(scene, hema, _POPULATION_OF[kind], density[kind], x0 - pad, y0 - pad)
 
-    # Stroma: wavy fibres as the level sets of a smooth noise field; cells fill the regions.
-    fibre = 0.5 + 0.5 * np.sin(2 * np.pi * 12 * scene.noise["fibre"].grid(xs, ys))
-    fibre += union * (0.6 - fibre)
-    eosin = tissue * eosin_factor * (0.35 + 0.3 * fibre) * (1 - 0.6 * np.minimum(hema, 1))
+    crop = (slice(pad, pad + height), slice(pad, pad + width))
+    hema, tissue = hema[crop], tissue[crop]
+    union, eosin_factor = union[crop], eosin_factor[crop]
+    # Stroma: wavy fibres as the level sets of a warped smooth noise field; cells fill regions.
+    level = scene.noise["fibre"].grid(xs[pad:-pad], ys[pad:-pad])
+    level += 0.2 * scene.noise["edge"].grid(xs[pad:-pad], ys[pad:-pad])
+    fibre = np.sin(np.float32(2 * np.pi * 12) * level)
+    fibre += union * (0.2 - fibre)
+    eosin = tissue * eosin_factor * (0.45 + 0.15 * fibre) * (1 - 0.6 * np.minimum(hema, 1))
     hema = (hema + 0.06 * tissue) * scene.h_scale
     eosin *= scene.e_scale
 
-    crop = (slice(pad, pad + height), slice(pad, pad + width))
-    od = hema[crop][..., None] * scene.h_vector + eosin[crop][..., None] * scene.e_vector
-    rgb = scene.background * np.exp(-(od + 0.015))
-    grain = np.random.default_rng((scene.seed, x0, y0)).normal(0, 2.0, (height, width, 1))
-    return np.clip(rgb + grain, 0, 255).astype(np.uint8)
+    rgb = np.empty((height, width, 3), np.float32)
+    for c in range(3):
+        np.exp(-(hema * scene.h_vector[c] + eosin * scene.e_vector[c]), out=rgb[..., c])
+    rgb *= glass
+    rgb += 2 * grain
+    return np.clip(rgb, 0, 255, out=rgb).astype(np.uint8)

@@ -12,10 +12,12 @@ from scipy import ndimage
 
 from lrmil.synth.noise import ValueNoise
 
-# Ruifrok & Johnston's optical-density vectors (R, G, B) of hematoxylin and eosin.
+# Optical-density vectors (R, G, B): Ruifrok & Johnston's hematoxylin; an eosin between theirs
+# ([0.07, 0.99, 0.11], quite magenta) and the pinker ones Macenko's method finds on real slides.
 HEMATOXYLIN = np.array([0.65, 0.70, 0.29], np.float32)
-EOSIN = np.array([0.07, 0.99, 0.11], np.float32)
+EOSIN = np.array([0.12, 0.85, 0.40], np.float32)
 
+GRAIN_TILE = 256
 REFERENCE_AREA = 4096 * 4096  # region counts in SynthConfig are per this much slide area
 
 
@@ -26,7 +28,7 @@ class SynthConfig:
 
     foci: tuple[int, int] = (2, 4)  # tumour foci on a positive slide, per 4096^2 px (>= 1)
     focus_radius: tuple[float, float] = (45.0, 90.0)
-    tumour_diameter: tuple[float, float] = (9.0, 14.0)  # enlarged, irregular, hyperchromatic
+    tumour_diameter: tuple[float, float] = (10.0, 14.0)  # enlarged, irregular, hyperchromatic
     lymph_clusters: tuple[int, int] = (3, 6)  # both classes, per 4096^2 px: LR look-alikes
     nests: tuple[int, int] = (2, 4)  # benign dense epithelial nests, both classes
     cluster_radius: tuple[float, float] = (45.0, 110.0)
@@ -72,6 +74,7 @@ class Scene:
     regions: list[Region]
     populations: dict[str, Population]
     noise: dict[str, ValueNoise] = field(default_factory=dict)
+    grain: np.ndarray = field(default_factory=lambda: np.zeros((1, 1), np.float32))
 
     def tissue(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         """Tissue fraction in [0, 1] on the grid ys x xs: island ellipses warped by noise, with
@@ -88,94 +91,92 @@ class Scene:
         fieldv += 0.15 * self.noise["edge"].grid(xs, ys)
         fieldv += 0.04 * self.noise["ragged"].grid(xs, ys)
         tissue = np.clip(fieldv * 30 + 0.5, 0, 1)
-        holes = np.clip((self.noise["holes"].grid(xs, ys) - 0.55) * 12, 0, 1)
+        holes = np.clip((self.noise["holes"].grid(xs, ys) - 0.62) * 12, 0, 1)
         return tissue * (1 - holes)
 
 
-def _stamp_bank(
-    rng: np.random.Generator,
-    count: int,
-    size: int,
-    diameter: tuple[float, float],
-    elongation: tuple[float, float],
-    irregularity: float,
-    darkness: tuple[float, float],
-    chromatin: float,
-    clump_sigma: float,
-) -> np.ndarray:
-    """`count` nucleus stamps (count, size, size): hematoxylin concentration of an ellipse whose
-    radius is modulated by low harmonics (irregular outline), with a soft edge, a darker rim and
-    chromatin texture (smoothed noise, coarse when clump_sigma is large)."""
+@dataclass(frozen=True)
+class NucleusKind:
+    """How a kind of nucleus looks: ranges drawn per stamp."""
+
+    diameter: tuple[float, float]  # px at level 0
+    elongation: tuple[float, float]  # long / short axis
+    irregularity: float  # amplitude of the outline's low harmonics
+    darkness: tuple[float, float]  # hematoxylin concentration
+    chromatin: float  # relative amplitude of the chromatin texture
+    clump: float  # its grain (Gaussian sigma, px): larger = coarser clumps
+
+
+# Lymphocytes (both classes): small, round, dense, uniformly dark.
+LYMPHOCYTE = NucleusKind((4.5, 6.0), (1.0, 1.15), 0.02, (1.15, 1.4), 0.06, 0.6)
+# Benign nests (both classes): regular round nuclei, paler, fine chromatin, tightly packed.
+NEST = NucleusKind((8.0, 11.0), (1.0, 1.25), 0.03, (0.95, 1.15), 0.1, 0.7)
+SPINDLE = NucleusKind((7.0, 9.0), (3.0, 5.0), 0.03, (0.7, 0.95), 0.1, 0.7)  # stromal
+
+
+def normal_kind(config: SynthConfig) -> NucleusKind:
+    """Epithelial nuclei of normal tissue: small, round, fine chromatin."""
+    return NucleusKind(config.normal_diameter, (1.0, 1.5), 0.04, (0.7, 1.0), 0.12, 0.7)
+
+
+def tumour_kind(config: SynthConfig) -> NucleusKind:
+    """Foci (positive slides): enlarged, irregular, hyperchromatic, coarse clumped chromatin."""
+    return NucleusKind(config.tumour_diameter, (1.0, 1.6), 0.22, (1.25, 1.55), 0.4, 1.4)
+
+
+def _stamp_bank(rng: np.random.Generator, count: int, kind: NucleusKind) -> np.ndarray:
+    """`count` nucleus stamps (count, S, S): hematoxylin concentration of an ellipse whose
+    radius is modulated by low harmonics (irregular outline), with a ~1 px soft edge, a darker
+    rim and chromatin texture (smoothed noise)."""
+    size = int(np.ceil(kind.diameter[1] * max(kind.elongation[1], 1.0) ** 0.5 * 1.35)) | 1
     half = size // 2
     yy, xx = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float32)
     theta = np.arctan2(yy, xx)
     bank = np.empty((count, size, size), np.float32)
     for i in range(count):
-        r = rng.uniform(*diameter) / 2
-        e = rng.uniform(*elongation)
+        r = rng.uniform(*kind.diameter) / 2
+        e = np.sqrt(rng.uniform(*kind.elongation))
         angle = rng.uniform(0, np.pi)
         c, s = np.cos(angle), np.sin(angle)
-        u, v = (xx * c + yy * s) * np.sqrt(e), (yy * c - xx * s) / np.sqrt(e)
+        u, v = (xx * c + yy * s) / e, (yy * c - xx * s) * e
         outline = 1.0 + sum(
-            irregularity * rng.normal(0, 1) / k * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+            kind.irregularity / k * rng.normal() * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
             for k in (2, 3, 4, 5)
         )
         d = np.sqrt(u * u + v * v) / (r * np.clip(outline, 0.6, 1.5))
-        inside = np.clip((1 - d) * r * 1.5 + 0.5, 0, 1)  # ~1 px soft edge
-        rim = np.exp(-(((d - 0.9) / 0.12) ** 2)) * 0.25
-        texture = ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), clump_sigma)
+        inside = np.clip((1 - d) * r * 1.5 + 0.5, 0, 1)
+        rim = 0.25 * np.exp(-(((d - 0.9) / 0.12) ** 2))
+        texture = ndimage.gaussian_filter(rng.normal(0, 1, (size, size)), kind.clump)
         texture /= texture.std() + 1e-6
-        dark = rng.uniform(*darkness)
-        bank[i] = inside * dark * np.clip(1 + chromatin * texture + rim, 0.2, None)
+        dark = rng.uniform(*kind.darkness)
+        bank[i] = inside * dark * np.clip(1 + kind.chromatin * texture + rim, 0.2, None)
     return bank
 
 
+def _stack(*banks: np.ndarray) -> np.ndarray:
+    """Concatenate stamp banks, zero-padding each to the largest stamp size."""
+    size = max(bank.shape[1] for bank in banks)
+    return np.concatenate(
+        [
+            np.pad(b, ((0, 0), ((size - b.shape[1]) // 2,) * 2, ((size - b.shape[1]) // 2,) * 2))
+            for b in banks
+        ]
+    )
+
+
+# Lattice spacing (px) of each population: with the kinds above, the nests' and the
+# lymphocyte clusters' mean hematoxylin at 5x matches the foci's (tests/synth/test_signal.py).
+SPACING = {"normal": 11.0, "lymph": 6.0, "nest": 10.5, "tumour": 15.0}
+
+
 def _populations(rng: np.random.Generator, config: SynthConfig) -> dict[str, Population]:
-    tumour_size = int(np.ceil(config.tumour_diameter[1] * 1.4)) | 1
-    normal_size = int(np.ceil(max(config.normal_diameter[1] * 2.2, 9))) | 1
+    normal = _stack(_stamp_bank(rng, 24, normal_kind(config)), _stamp_bank(rng, 12, SPINDLE))
     return {
-        # epithelial and stromal nuclei: small, round or spindle, fine chromatin
-        "normal": Population(
-            "normal",
-            11.0,
-            np.concatenate(
-                [
-                    _stamp_bank(
-                        rng,
-                        24,
-                        normal_size,
-                        config.normal_diameter,
-                        (1, 1.5),
-                        0.04,
-                        (0.7, 1.0),
-                        0.12,
-                        0.7,
-                    ),
-                    _stamp_bank(
-                        rng, 12, normal_size, (7.0, 9.0), (3, 5), 0.03, (0.7, 0.95), 0.1, 0.7
-                    ),
-                ]
-            ),
-        ),
-        # lymphocytes: small, round, dense, uniformly dark
-        "lymph": Population(
-            "lymph",
-            6.5,
-            _stamp_bank(rng, 24, 9, (4.5, 6.0), (1, 1.15), 0.02, (1.15, 1.4), 0.06, 0.6),
-        ),
-        # benign nest: regular, round, mid-sized nuclei with fine chromatin
-        "nest": Population(
-            "nest",
-            9.5,
-            _stamp_bank(rng, 24, normal_size, (6.0, 8.0), (1, 1.25), 0.03, (0.95, 1.2), 0.12, 0.7),
-        ),
-        # tumour: enlarged, irregular outline, hyperchromatic, coarse clumped chromatin
+        "normal": Population("normal", SPACING["normal"], normal),
+        "lymph": Population("lymph", SPACING["lymph"], _stamp_bank(rng, 24, LYMPHOCYTE)),
+        "nest": Population("nest", SPACING["nest"], _stamp_bank(rng, 24, NEST)),
         "tumour": Population(
-            "tumour",
-            14.0,
-            _stamp_bank(
-                rng, 48, tumour_size, config.tumour_diameter, (1, 1.6), 0.22, (1.15, 1.5), 0.4, 1.4
-            ),
+            "tumour", SPACING["tumour"], _stamp_bank(rng, 48, tumour_kind(config))
         ),
     }
 
@@ -215,7 +216,7 @@ def _regions(rng: np.random.Generator, scene: Scene, positive: bool) -> list[Reg
                 x, y = xs[ix] + rng.uniform(-step / 2, step / 2), ys[iy] + rng.uniform(-8, 8)
                 radius = rng.uniform(*span)
                 if all(np.hypot(x - o.x, y - o.y) > radius + o.radius + 24 for o in regions):
-                    eosin = {"focus": 0.75 + 0.15 * cue, "lymph": 0.5, "nest": 0.75}[kind]
+                    eosin = {"focus": 0.75 + 0.1 * cue, "lymph": 0.6, "nest": 0.8}[kind]
                     regions.append(
                         Region(
                             kind,
@@ -273,5 +274,7 @@ def make_scene(
             "density": ValueNoise(int(noise_seeds[5]), 150),
         },
     )
+    # Sensor noise, tiled over the slide by global coordinates (so boxes agree at seams).
+    scene.grain = rng.standard_normal((GRAIN_TILE, GRAIN_TILE), dtype=np.float32)
     scene.regions = _regions(rng, scene, positive=label == "positive")
     return scene

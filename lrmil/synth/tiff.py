@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -75,51 +76,60 @@ def write_pyramid(
     threads: int = 1,
 ) -> list[tuple[int, int]]:
     """Write the pyramid of a `width` x `height` image whose level-0 pixels `render` returns,
-    called on boxes of at most `band` x `band` pixels in row-major order. Returns the level
-    sizes. `band` must be a multiple of TILE, so that bands hold whole rows of tiles."""
+    called on boxes of at most `band` x `band` pixels, `threads` boxes at a time (and as many
+    JPEG encoders). Returns the level sizes. `band` must be a multiple of TILE, so that bands
+    hold whole rows of tiles."""
     if band <= 0 or band % TILE:
         raise ValueError(f"band must be a multiple of {TILE}, got {band}")
     magnification = 10.0 / mpp if magnification is None else magnification
     sizes = level_sizes(width, height)
-    compression = {"compression": "jpeg", "compressionargs": {"level": quality}}
-    common = {"dtype": np.uint8, "tile": (TILE, TILE), "photometric": "rgb", "metadata": None}
-    with tempfile.TemporaryFile(dir=Path(path).parent) as scratch:
-        w1, h1 = sizes[1] if len(sizes) > 1 else (0, 0)
+    options = {
+        "dtype": np.uint8,
+        "tile": (TILE, TILE),
+        "photometric": "rgb",
+        "compression": "jpeg",
+        "compressionargs": {"level": quality},
+        "maxworkers": threads,
+        "metadata": None,
+    }
+    w1, h1 = sizes[1] if len(sizes) > 1 else (0, 0)
+    with (
+        tempfile.TemporaryFile(dir=Path(path).parent) as scratch,
+        ThreadPoolExecutor(threads) as pool,  # numpy releases the GIL in its big array ops
+        tifffile.TiffWriter(path, bigtiff=width * height * 3 > 2**31) as tiff,
+    ):
         level1 = np.memmap(scratch, np.uint8, "w+", shape=(max(h1, 1), max(w1, 1), 3))
 
         def level0_tiles() -> Iterator[np.ndarray]:
             for y0 in range(0, height, band):
                 rows = min(band, height - y0)
-                strip = np.empty((rows, width, 3), np.uint8)
-                for x0 in range(0, width, band):
-                    cols = min(band, width - x0)
-                    strip[:, x0 : x0 + cols] = render(x0, y0, cols, rows)
+                starts = range(0, width, band)
+                widths = [min(band, width - x0) for x0 in starts]
+                n = len(starts)
+                strip = np.concatenate(
+                    list(pool.map(render, starts, [y0] * n, widths, [rows] * n)), axis=1
+                )
                 if h1:
                     small = downsample4(strip)
                     y1 = y0 // DOWNSAMPLE
                     level1[y1 : y1 + small.shape[0], : small.shape[1]] = small[: h1 - y1, :w1]
                 yield from _tiles(strip)
 
-        with tifffile.TiffWriter(path, bigtiff=width * height * 3 > 2**31) as tiff:
+        tiff.write(
+            level0_tiles(),
+            shape=(height, width, 3),
+            description=aperio_description(width, height, mpp, magnification),
+            **options,
+        )
+        level = level1
+        for i, (w, h) in enumerate(sizes[1:], start=1):
+            if i > 1:
+                level = downsample4(level)[:h, :w]
             tiff.write(
-                level0_tiles(),
-                shape=(height, width, 3),
-                description=aperio_description(width, height, mpp, magnification),
-                maxworkers=threads,
-                **compression,
-                **common,
+                _tiles(level[:h, :w]),
+                shape=(h, w, 3),
+                description=f"Aperio Image Library v12.0.15 (lrmil synth)\n{width}x{height} "
+                f"-> {w}x{h} - |",
+                **options,
             )
-            level = level1
-            for i, (w, h) in enumerate(sizes[1:], start=1):
-                if i > 1:
-                    level = downsample4(level)[:h, :w]
-                tiff.write(
-                    _tiles(level[:h, :w]),
-                    shape=(h, w, 3),
-                    description=f"Aperio Image Library v12.0.15 (lrmil synth)\n{width}x{height} "
-                    f"-> {w}x{h} - |",
-                    maxworkers=threads,
-                    **compression,
-                    **common,
-                )
     return sizes

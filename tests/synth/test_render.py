@@ -1,0 +1,87 @@
+"""Rendering: deterministic from the seed, boxes agree at their seams, H&E-like colours."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from lrmil.errors import ConfigError
+from lrmil.synth import make_scene, write_slide
+from lrmil.synth.noise import ValueNoise
+from lrmil.synth.render import render_box
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return make_scene(7, 2048, 2048, "positive")
+
+
+def test_a_box_is_the_crop_of_any_larger_box(scene):
+    big = render_box(scene, 512, 640, 768, 512)
+    small = render_box(scene, 812, 840, 256, 200)
+    np.testing.assert_array_equal(big[200:400, 300:556], small)
+
+
+def test_noise_is_a_function_of_global_coordinates():
+    noise = ValueNoise(3, 37.0)
+    xs, ys = np.arange(100, 400), np.arange(-50, 250)
+    np.testing.assert_array_equal(
+        noise.grid(xs, ys)[60:90, 10:200], noise.grid(xs[10:200], ys[60:90])
+    )
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    def digest(name: str, seed: int) -> str:
+        path = tmp_path / name
+        write_slide(path, 768, 512, seed=seed, label="negative")
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    assert digest("a.svs", 1) == digest("b.svs", 1)
+    assert digest("c.svs", 2) != digest("a.svs", 1)
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_scene_is_deterministic(scene):
+    again = make_scene(7, 2048, 2048, "positive")
+    assert again.regions == scene.regions
+    np.testing.assert_array_equal(
+        again.populations["tumour"].stamps, scene.populations["tumour"].stamps
+    )
+    assert make_scene(8, 2048, 2048, "positive").regions != scene.regions
+
+
+def test_only_positive_slides_carry_foci():
+    for seed in range(4):
+        negative = make_scene(seed, 2048, 2048, "negative").regions
+        positive = make_scene(seed, 2048, 2048, "positive").regions
+        assert not any(r.kind == "focus" for r in negative)
+        assert any(r.kind == "focus" for r in positive)
+        assert any(r.kind == "lymph" for r in negative) or any(r.kind == "nest" for r in negative)
+
+
+def test_colours_are_h_and_e_like(scene):
+    rgb = render_box(scene, 0, 0, 2048, 2048)[::4, ::4].reshape(-1, 3).astype(int)
+    glass = rgb.min(axis=1) > 225
+    assert 0.1 < glass.mean() < 0.9  # tissue islands on white glass
+    tissue = rgb[~glass]
+    r, g, b = tissue.T
+    assert np.median(g) < np.median(r) and np.median(g) < np.median(b)  # pink / purple
+    assert (b > r).mean() > 0.05  # hematoxylin-blue nuclei present
+
+
+def test_stain_varies_between_slides():
+    a, b = make_scene(1, 1024, 1024, "negative"), make_scene(2, 1024, 1024, "negative")
+    assert not np.allclose(a.h_vector, b.h_vector)
+    assert a.e_scale != b.e_scale
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"label": "maybe"}, "label"), ({"width": 100}, "at least 256"), ({"mpp": 0.0}, "mpp")],
+)
+def test_bad_arguments(tmp_path, kwargs, message):
+    args = {"width": 512, "height": 512, "label": "negative", **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        write_slide(tmp_path / "x.svs", args.pop("width"), args.pop("height"), **args)
