@@ -17,7 +17,7 @@ app = typer.Typer(
 )
 
 # Modules under lrmil.cli that each register one command on `app`.
-COMMAND_MODULES = ["info", "distill", "synth", "embed", "tile"]
+COMMAND_MODULES = ["info", "distill", "synth", "embed", "tile", "export", "infer"]
 
 
 def _version(value: bool) -> None:

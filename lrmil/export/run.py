@@ -40,6 +40,9 @@ def export_run(run: str | Path, out_dir: str | Path | None = None, fmt: str = "o
     """Export the student of `run` (default into RUN/export); returns {kind: artifact path}."""
     from lrmil.export.source import load_run
 
+    _check_options(fmt, fp16)
+    if fmt == "trt":
+        environment_versions()  # say what is missing before loading anything
     model = load_run(run, fold)
     out = Path(out_dir) if out_dir is not None else Path(run) / "export"
     return export_model(model.encoder, model.head, model.meta, out, fmt, fp16, batch, bag)
@@ -51,10 +54,7 @@ def export_model(encoder: EncoderGraph, head: HeadGraph, meta: ModelMeta, out_di
                  seed: int = 0) -> dict[str, Path]:
     """ONNX graphs (always: TensorRT builds from them) and, for fmt="trt", plans; each with its
     sidecar. Every ONNX graph is checked against torch before it is written."""
-    if fmt not in ("onnx", "trt"):
-        raise ConfigError(f"--format must be onnx or trt, got {fmt!r}")
-    if fp16 and fmt != "trt":
-        raise ConfigError("--fp16 applies to --format trt (ONNX graphs are exported in fp32)")
+    _check_options(fmt, fp16)
     if input_dtype not in INPUT_DTYPES:
         raise ConfigError(f"input dtype must be one of {INPUT_DTYPES}, got {input_dtype!r}")
     trt_versions = environment_versions() if fmt == "trt" else {}  # fail before exporting
@@ -96,6 +96,13 @@ def export_model(encoder: EncoderGraph, head: HeadGraph, meta: ModelMeta, out_di
                            trt_versions, precision="fp16" if fp16 else "fp32")
             artifacts[kind] = plan
     return artifacts
+
+
+def _check_options(fmt: str, fp16: bool) -> None:
+    if fmt not in ("onnx", "trt"):
+        raise ConfigError(f"--format must be onnx or trt, got {fmt!r}")
+    if fp16 and fmt != "trt":
+        raise ConfigError("--fp16 applies to --format trt (ONNX graphs are exported in fp32)")
 
 
 def _write_sidecar(artifact: Path, kind: str, fmt: str, weights: str, in_spec: TensorSpec,

@@ -60,21 +60,40 @@ def load_run(run: str | Path, fold: int | None = None) -> RunModel:
     run = Path(run)
     read_run_config(run)
     encoder, mil, config = load_student(run, fold)
+    if "class_names" not in config:
+        raise FileFormatError(f"{run}/config.json lacks the class names; re-run `lrmil distill`")
+    patch_size, magnification, tiling = lr_settings(config, run)
     meta = ModelMeta(
         encoder=encoder.name,
         feature_dim=int(encoder.dim),
-        patch_size=int(_setting(config, run, "patch_size")),
-        magnification=float(_setting(config, run, "lr_magnification")),
-        class_names=[str(c) for c in _setting(config, run, "class_names")],
+        patch_size=patch_size,
+        magnification=magnification,
+        class_names=[str(c) for c in config["class_names"]],
         source_sha256=run_sha256(run),
         fold=fold,
-        extra={"tiling": config.get("tiling", {})},
+        extra={"tiling": tiling},
     )
     graph = EncoderGraph(encoder.preprocess, encoder.model).eval()
     return RunModel(graph, HeadGraph(mil).eval(), meta)
 
 
-def _setting(config: dict[str, Any], run: Path, key: str) -> Any:
-    if key not in config:
-        raise FileFormatError(f"{run}/config.json lacks '{key}'; re-run `lrmil distill`")
-    return config[key]
+def lr_settings(config: dict[str, Any], run: Path) -> tuple[int, float, dict[str, Any]]:
+    """(LR patch size, LR magnification, tiling settings) the student was trained on: from the
+    run's config when it records them, else from its LR features files and their coords files
+    (so inference tiles slides exactly as training did)."""
+    if "patch_size" in config and "lr_magnification" in config:
+        tiling = config.get("tiling", {})
+        return int(config["patch_size"]), float(config["lr_magnification"]), tiling
+    from lrmil.data.features import read_attrs
+    from lrmil.tiling.coords_io import read_coords
+
+    files = sorted((Path(config.get("features", "")) / "lr").glob("*.h5"))
+    attrs = read_attrs(files[0]) if files else {}
+    if "patch_size" not in attrs or "magnification" not in attrs:
+        raise FileFormatError(
+            f"{run}/config.json does not record the LR patch size and magnification, and the "
+            f"run's LR features ({config.get('features') or '?'}/lr) cannot tell them"
+        )
+    coords = Path(str(attrs.get("coords_path", "")))
+    tiling = read_coords(coords).config.to_dict() if coords.is_file() else {}
+    return int(attrs["patch_size"]), float(attrs["magnification"]), tiling

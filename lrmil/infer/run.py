@@ -18,6 +18,7 @@ from lrmil.infer import outputs
 from lrmil.infer.engines.base import Engine
 from lrmil.infer.heatmap import render_heatmap
 from lrmil.infer.pipeline import predict_slide, tiling_for
+from lrmil.tiling.inputs import collect_slides
 from lrmil.utils.atomic import atomic_path, atomic_write_text
 from lrmil.wsi import MppOverride, override_for, slide_name
 
@@ -39,11 +40,11 @@ def infer_slides(slides: Sequence[str | Path], engine: Engine, out_dir: str | Pa
                  mpp: MppOverride = None, batch_size: int = 64, workers: int = 2,
                  overwrite: bool = False, thumbnail_side: int = 1024, top_k: int = 5,
                  progress: bool = False) -> InferSummary:
-    """Predict every slide with `engine`; see the module docstring for the outputs."""
+    """Predict every slide with `engine` (slides: files, folders, glob patterns or CSVs with a
+    `slide` column); see the module docstring for the outputs."""
     from lrmil.info import versions
 
-    slides = [Path(s) for s in slides]
-    _check_unique(slides)
+    slides = collect_slides(slides)  # folders, globs, CSVs; refuses two slides of one name
     if batch_size < 1 or workers < 0:
         raise ConfigError(
             f"--batch-size must be >= 1 and --workers >= 0, got {batch_size}, {workers}"
@@ -99,14 +100,6 @@ def infer_slides(slides: Sequence[str | Path], engine: Engine, out_dir: str | Pa
                                 for k in outputs.TIMING_KEYS}
     atomic_write_text(out / "summary.json", json.dumps(asdict(summary), indent=2))
     return summary
-
-
-def _check_unique(slides: list[Path]) -> None:
-    seen: dict[str, Path] = {}
-    for path in slides:
-        other = seen.setdefault(slide_name(path), path)
-        if other != path:
-            raise ConfigError(f"two slides share the name {slide_name(path)!r}: {other} and {path}")
 
 
 def _message(exc: Exception) -> str:

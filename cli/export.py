@@ -1,0 +1,63 @@
+"""`lrmil export`: the LR encoder and MIL head of a run to ONNX or TensorRT, with sidecars."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from lrmil.cli._common import known_errors
+from lrmil.cli.main import app
+
+
+class Format(str, Enum):
+    onnx = "onnx"
+    trt = "trt"
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `lrmil distill`.")],
+    format: Annotated[
+        Format, typer.Option("--format", "-f", help="onnx, or trt (TensorRT plans; needs a GPU).")
+    ] = Format.onnx,
+    fp16: Annotated[
+        bool, typer.Option(help="Build TensorRT plans in fp16 (--format trt).")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default RUN/export).")
+    ] = None,
+    fold: Annotated[
+        int | None, typer.Option(help="Fold whose student to export (default: the run's choice).")
+    ] = None,
+    batch_opt: Annotated[int, typer.Option(help="TensorRT encoder batch: optimal size.")] = 64,
+    batch_max: Annotated[int, typer.Option(help="TensorRT encoder batch: maximum.")] = 256,
+    bag_opt: Annotated[int, typer.Option(help="TensorRT bag size (LR patches): optimal.")] = 2048,
+    bag_max: Annotated[int, typer.Option(help="TensorRT bag size (LR patches): maximum.")] = 65536,
+) -> None:
+    """Export the student's LR encoder (uint8 patches -> embeddings, preprocessing included)
+    and MIL head (one bag -> probabilities + attention), both checked against torch first."""
+    with known_errors():
+        from rich.console import Console
+        from rich.table import Table
+
+        from lrmil.export import export_run
+        from lrmil.export.sidecar import read_sidecar
+        from lrmil.infer.engines.trt_engine import ShapeRange
+
+        artifacts = export_run(
+            run, out, format.value, fp16, fold, ShapeRange(1, batch_opt, batch_max),
+            ShapeRange(1, bag_opt, bag_max),
+        )
+        table = Table(title=f"lrmil export -> {next(iter(artifacts.values())).parent}")
+        for column in ("artifact", "input", "exporter", "max |onnx - torch|"):
+            table.add_column(column)
+        for path in artifacts.values():
+            side = read_sidecar(path)
+            spec = side.inputs[0]
+            shape = "x".join(map(str, spec.shape))
+            diff = max(side.max_abs_diff.values(), default=0.0)
+            table.add_row(path.name, f"{spec.name} {spec.dtype} {shape}", side.exporter,
+                          f"{diff:.2e}")
+        Console(stderr=True).print(table)
