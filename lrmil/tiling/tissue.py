@@ -31,19 +31,20 @@ def otsu_threshold(values: np.ndarray) -> int:
     return int(np.argmax(between))
 
 
-def _disk(radius: int) -> np.ndarray:
-    y, x = np.ogrid[-radius : radius + 1, -radius : radius + 1]
-    return x * x + y * y <= radius * radius
-
-
 def _morph(mask: np.ndarray, radius: int, op: str) -> np.ndarray:
+    """Binary closing or opening with a (2 radius + 1) square, as separable min/max filters
+    (several times faster than a disk through ndimage's binary morphology). The edge is
+    replicated so that tissue cut by the image border is not eroded away."""
     if radius < 1:
         return mask
-    # Replicate the edge so that tissue cut by the image border is not eroded away.
-    padded = np.pad(mask, radius, mode="edge")
-    func = ndimage.binary_closing if op == "close" else ndimage.binary_opening
-    out = func(padded, structure=_disk(radius))
-    return out[radius:-radius, radius:-radius]
+    size, pixels = 2 * radius + 1, mask.view(np.uint8)
+    first, second = (
+        (ndimage.maximum_filter, ndimage.minimum_filter)
+        if op == "close"
+        else (ndimage.minimum_filter, ndimage.maximum_filter)
+    )
+    out = second(first(pixels, size=size, mode="nearest"), size=size, mode="nearest")
+    return out.view(bool)
 
 
 def _drop_small(mask: np.ndarray, min_px: float) -> np.ndarray:
