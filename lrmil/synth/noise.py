@@ -32,8 +32,9 @@ def _nodes(coords: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
 
 class ValueNoise:
     """Smooth value noise in [-1, 1] on a lattice of spacing `scale` pixels: hashed lattice
-    values, smooth-step interpolated first along y (to lattice rows), then along x. Gathers and
-    no BLAS: a matrix product would be as fast on one thread but stalls on busy machines."""
+    values, smooth-step interpolated along x on the few lattice rows needed, then along y by
+    whole-row gathers (cheap, contiguous). No BLAS: a matrix product would be as fast on one
+    thread but stalls when OpenBLAS threads compete on a busy machine."""
 
     def __init__(self, seed: int, scale: float) -> None:
         self.seed = seed
@@ -47,8 +48,9 @@ class ValueNoise:
         jy = np.arange(y_first, int(iy.max()) + 2)[:, None]
         jx = np.arange(x_first, int(ix.max()) + 2)[None, :]
         lattice = hash_uniform(self.seed, jy, jx) * 2 - 1
-        ry = iy - y_first
-        rows = lattice[ry] + ty[:, None] * (lattice[ry + 1] - lattice[ry])  # (len(ys), m)
         rx = ix - x_first
-        left = rows[:, rx]  # advanced indexing may return a Fortran-ordered array
-        return np.ascontiguousarray(left + tx[None, :] * (rows[:, rx + 1] - left))
+        left = lattice[:, rx]
+        columns = left + tx * (lattice[:, rx + 1] - left)  # (lattice rows, len(xs))
+        ry = iy - y_first
+        top = columns[ry]
+        return top + ty[:, None] * (columns[ry + 1] - top)

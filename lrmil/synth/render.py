@@ -118,8 +118,8 @@ def render_box(scene: Scene, x0: int, y0: int, width: int, height: int) -> np.nd
     eosin *= scene.e_scale
 
     rgb = np.empty((height, width, 3), np.float32)
-    for c in range(3):
-        np.exp(-(hema * scene.h_vector[c] + eosin * scene.e_vector[c]), out=rgb[..., c])
+    for c in range(3):  # exp on contiguous planes: numpy's SIMD exp skips strided outputs
+        rgb[..., c] = np.exp(-(hema * scene.h_vector[c] + eosin * scene.e_vector[c]))
     rgb *= glass
     rgb += 2 * grain
     return np.clip(rgb, 0, 255, out=rgb).astype(np.uint8)

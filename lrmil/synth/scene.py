@@ -5,6 +5,7 @@ deterministic function of global pixel coordinates, evaluated block by block in 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,8 +83,13 @@ class Scene:
         x = np.asarray(xs, np.float32)[None, :]
         y = np.asarray(ys, np.float32)[:, None]
         fieldv = np.full((y.shape[0], x.shape[1]), -1.0, np.float32)
-        for cx, cy, a, b, angle in self.islands:
-            c, s = np.cos(angle), np.sin(angle)
+        reach = 1.3 * self.islands[:, 2:4].max(axis=1)  # beyond, noise cannot lift the field
+        for (cx, cy, a, b, angle), far in zip(self.islands.tolist(), reach.tolist(), strict=True):
+            dx = max(float(x.min()) - cx, cx - float(x.max()), 0.0)
+            dy = max(float(y.min()) - cy, cy - float(y.max()), 0.0)
+            if dx * dx + dy * dy > far * far:
+                continue
+            c, s = math.cos(angle), math.sin(angle)  # python floats keep the arrays float32
             u = ((x - cx) * c + (y - cy) * s) / a
             v = ((y - cy) * c - (x - cx) * s) / b
             np.maximum(fieldv, 1 - u * u - v * v, out=fieldv)
