@@ -112,7 +112,7 @@ def tile_one(slide: Path, out_dir: Path, config: TilingConfig, mpp: float | None
             tiles.thumbnail, tiles.mask, tiles.coords, tiles.geometry.lr_size0, tiles.mask_scale
         )
         with atomic_path(thumb_path) as tmp:
-            image.save(tmp, format="PNG")
+            image.save(tmp, format="PNG", compress_level=1)  # 2x faster than the default
         write_coords(
             coords_path,
             tiles,

@@ -9,7 +9,8 @@ from scipy import ndimage
 
 CONTOUR = (0, 200, 0)
 GRID = (20, 60, 230)
-MIN_SIDE = 512  # small thumbnails are enlarged so that the grid stays readable
+# Thumbnails are scaled to a readable, quick-to-write size (PNG encoding dominates the cost).
+MIN_SIDE, MAX_SIDE = 512, 1024
 
 
 def draw_thumbnail(
@@ -20,23 +21,27 @@ def draw_thumbnail(
     mask_scale: tuple[float, float],
 ) -> Image.Image:
     """`rgb` and `mask` at the mask's magnification; `coords` LR corners in level 0."""
-    zoom = max(1, MIN_SIDE // max(mask.shape))
     image = rgb.copy()
     contour = mask & ~ndimage.binary_erosion(mask, border_value=0)
     image[contour] = CONTOUR
     thumb = Image.fromarray(image)
-    if zoom > 1:
-        thumb = thumb.resize((thumb.width * zoom, thumb.height * zoom), Image.Resampling.NEAREST)
+    side = max(thumb.size)
+    zoom = min(max(1.0, MIN_SIDE / side), MAX_SIDE / side)
+    if zoom != 1:
+        size = (max(1, round(thumb.width * zoom)), max(1, round(thumb.height * zoom)))
+        enlarge = zoom > 1
+        thumb = thumb.resize(size, Image.Resampling.NEAREST if enlarge else Image.Resampling.BOX)
     draw = ImageDraw.Draw(thumb)
-    sx, sy = mask_scale[0] * zoom, mask_scale[1] * zoom
+    sx, sy = (
+        thumb.width / mask.shape[1] * mask_scale[0],
+        thumb.height / mask.shape[0] * mask_scale[1],
+    )
     for x, y in coords.tolist():
-        draw.rectangle(
-            (
-                round(x * sx),
-                round(y * sy),
-                round((x + size0) * sx) - 1,
-                round((y + size0) * sy) - 1,
-            ),
-            outline=GRID,
+        box = (
+            round(x * sx),
+            round(y * sy),
+            round((x + size0) * sx) - 1,
+            round((y + size0) * sy) - 1,
         )
+        draw.rectangle(box, outline=GRID)
     return thumb
