@@ -81,9 +81,14 @@ def orthogonal(shape: tuple[int, ...], gain: float, generator: torch.Generator) 
     """An orthogonal matrix of shape (rows, prod(rest)) reshaped to `shape`: keeps the signal's
     energy through a random layer instead of letting it grow or vanish."""
     rows, cols = shape[0], math.prod(shape[1:])
-    a = torch.randn(max(rows, cols), min(rows, cols), generator=generator, dtype=torch.float64)
-    q, r = torch.linalg.qr(a)
+    a = torch.randn(max(rows, cols), min(rows, cols), generator=generator)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small QRs: threads only add overhead (5x on a busy machine)
+    try:
+        q, r = torch.linalg.qr(a)
+    finally:
+        torch.set_num_threads(threads)
     q = q * torch.sign(torch.diagonal(r))
     if rows < cols:
         q = q.T
-    return (gain * q[:rows, :cols]).reshape(shape).float()
+    return (gain * q[:rows, :cols]).reshape(shape)

@@ -54,6 +54,17 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, n_prefix: int, grid: int) -> 
     return torch.cat([prefix, spatial.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)], dim=1)
 
 
+def _patchify_init(shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+    """The first C_stem tokens channels average each stem channel over the token (so pooled
+    tokens keep the stem's colour / blob / edge statistics, as in lrmil-cnn); the others are
+    random orthogonal directions."""
+    dim, c_stem, k, _ = shape
+    weight = filters.orthogonal(tuple(shape), 1.0, generator)
+    weight[:c_stem] = 0
+    weight[torch.arange(c_stem), torch.arange(c_stem)] = 1.0 / k  # unit-norm box filter
+    return weight
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -107,9 +118,7 @@ class TinyViT(nn.Module):
         with torch.no_grad():
             self.stem.weight.copy_(bank)
             self.stem.bias.zero_()
-            self.patchify.weight.copy_(
-                filters.orthogonal(tuple(self.patchify.weight.shape), 1.0, generator)
-            )
+            self.patchify.weight.copy_(_patchify_init(self.patchify.weight.shape, generator))
             self.patchify.bias.zero_()
             for block in self.blocks:
                 for linear in (block.attn.qkv, block.attn.proj, block.fc1, block.fc2):

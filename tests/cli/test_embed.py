@@ -4,10 +4,10 @@ import shutil
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
 from lrmil.cli.embed import parse_encoder_args
 from lrmil.cli.main import app
+from typer.testing import CliRunner
+
 from lrmil.data import read_features
 from lrmil.errors import ConfigError
 from lrmil.synth.slide import write_slide
@@ -69,7 +69,10 @@ def test_coords_of_another_slide_fails_only_that_slide(tiled, tmp_path):
 
 def test_bad_arguments_are_one_line(tiled, tmp_path):
     result = _embed(tiled, "--out", tmp_path, "--encoder", "nope")
-    assert result.exit_code == 1 and "unknown encoder 'nope'; known encoders: lrmil-cnn" in result.output
+    assert (
+        result.exit_code == 1
+        and "unknown encoder 'nope'; known encoders: lrmil-cnn" in result.output
+    )
     result = _embed(tmp_path, "--out", tmp_path / "f")
     assert result.exit_code == 1 and "holds no coords files" in result.output
     result = _embed(tiled, "--out", tmp_path, "--layers", "stage9")
@@ -80,7 +83,9 @@ def test_bad_arguments_are_one_line(tiled, tmp_path):
 
 def test_parse_encoder_args():
     assert parse_encoder_args(["init_values=1e-5", "dynamic_img_size=true", "act=gelu"]) == {
-        "init_values": 1e-5, "dynamic_img_size": True, "act": "gelu",
+        "init_values": 1e-5,
+        "dynamic_img_size": True,
+        "act": "gelu",
     }
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_encoder_args(["novalue"])

@@ -10,6 +10,8 @@ def tiled(tmp_path_factory):
     root = tmp_path_factory.mktemp("cohort")
     for i, label in enumerate(("negative", "positive")):
         write_slide(root / f"slide{i}.svs", 1024, 768, seed=i, label=label)
-    summary = tile_slides([root / "slide0.svs", root / "slide1.svs"], root / "tiled", TilingConfig(patch_size=64))
+    summary = tile_slides(
+        [root / "slide0.svs", root / "slide1.svs"], root / "tiled", TilingConfig(patch_size=64)
+    )
     assert summary.failed == 0
     return root / "tiled"

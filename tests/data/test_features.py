@@ -16,9 +16,12 @@ def _lr_grid(origin=(37, 11), size0=256, shape=(3, 4)):
 
 def test_round_trip_with_links_and_layers(tmp_path):
     feats = Features(
-        RNG.normal(size=(5, 8)).astype(np.float32), RNG.integers(0, 999, (5, 2)),
-        parent=np.array([0, 0, 1, 2, 2]), child=np.array([0, 5, 15, 1, 2]),
-        layers={"stage3": RNG.normal(size=(5, 3)).astype(np.float32)}, attrs={"encoder": "x", "patch_size": 64},
+        RNG.normal(size=(5, 8)).astype(np.float32),
+        RNG.integers(0, 999, (5, 2)),
+        parent=np.array([0, 0, 1, 2, 2]),
+        child=np.array([0, 5, 15, 1, 2]),
+        layers={"stage3": RNG.normal(size=(5, 3)).astype(np.float32)},
+        attrs={"encoder": "x", "patch_size": 64},
     )
     write_features(tmp_path / "a.h5", feats, dtype="float16")
     back = read_features(tmp_path / "a.h5", dim=8)
@@ -46,7 +49,9 @@ def _trident_file(path, coords, features):
     with h5py.File(path, "w") as f:
         f.create_dataset("features", data=features)
         ds = f.create_dataset("coords", data=coords)
-        ds.attrs.update({"patch_size": 256, "patch_size_level0": 64, "target_magnification": 20.0, "name": "s"})
+        ds.attrs.update(
+            {"patch_size": 256, "patch_size_level0": 64, "target_magnification": 20.0, "name": "s"}
+        )
         f.attrs["encoder"] = "uni_v1"
 
 
@@ -58,7 +63,11 @@ def test_trident_file_is_read_and_linked(tmp_path):
     features = RNG.normal(size=(len(coords), 6)).astype(np.float32)
     _trident_file(tmp_path / "t.h5", coords, features)
     plain = read_features(tmp_path / "t.h5")
-    assert plain.parent is None and plain.attrs["patch_size"] == 256 and plain.attrs["encoder"] == "uni_v1"
+    assert (
+        plain.parent is None
+        and plain.attrs["patch_size"] == 256
+        and plain.attrs["encoder"] == "uni_v1"
+    )
     linked = read_features(tmp_path / "t.h5", lr_coords=lr, lr_patch_size_level0=256, r=4)
     assert len(linked) == len(coords) - 1 and linked.attrs["unlinked"] == 1
     index = np.arange(0, len(hr), 3)
@@ -99,6 +108,11 @@ def test_corrupt_and_incomplete_files(tmp_path):
 
 def test_dim_disagreeing_with_encoder(tmp_path):
     path = tmp_path / "f.h5"
-    write_features(path, Features(np.zeros((2, 256), np.float32), np.zeros((2, 2)), attrs={"encoder": "lrmil-cnn"}))
-    with pytest.raises(FileFormatError, match="has dim 256 but the encoder gives 192 \\(file encoder: lrmil-cnn\\)"):
+    write_features(
+        path,
+        Features(np.zeros((2, 256), np.float32), np.zeros((2, 2)), attrs={"encoder": "lrmil-cnn"}),
+    )
+    with pytest.raises(
+        FileFormatError, match="has dim 256 but the encoder gives 192 \\(file encoder: lrmil-cnn\\)"
+    ):
         read_features(path, dim=192)

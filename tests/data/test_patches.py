@@ -15,7 +15,9 @@ from lrmil.wsi import open_slide
 def hr_dataset(tiled):
     ts = read_coords(tiled / "coords" / "slide1.h5")
     coords = ts.hr_coords[ts.hr_valid]
-    return PatchDataset(ts.slide_path, coords, ts.hr_patch_size_level0, ts.patch_size, mpp=ts.level0_mpp)
+    return PatchDataset(
+        ts.slide_path, coords, ts.hr_patch_size_level0, ts.patch_size, mpp=ts.level0_mpp
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +43,23 @@ def test_dataset_pickles_without_its_slide_handle(hr_dataset):
 
 def test_embeddings_through_dataset_equal_direct_encoding(hr_dataset, cnn):
     n = 16
-    subset = PatchDataset(hr_dataset.slide_path, hr_dataset.coords[:n], hr_dataset.size0, 64, hr_dataset.mpp)
+    subset = PatchDataset(
+        hr_dataset.slide_path, hr_dataset.coords[:n], hr_dataset.size0, 64, hr_dataset.mpp
+    )
     feats, _ = encode_dataset(subset, cnn, batch_size=n)
     with open_slide(subset.slide_path) as slide:
-        pixels = np.stack([slide.read_region(int(x), int(y), subset.size0, 64) for x, y in subset.coords])
+        pixels = np.stack(
+            [slide.read_region(int(x), int(y), subset.size0, 64) for x, y in subset.coords]
+        )
     direct = cnn.encode(torch.from_numpy(pixels)).numpy()
     assert np.array_equal(feats, direct)
 
 
 def test_workers_and_batch_size_do_not_change_results(hr_dataset, cnn):
     base, pooled = encode_dataset(hr_dataset, cnn, batch_size=8, layers=["stage3"])
-    two_workers, pooled2 = encode_dataset(hr_dataset, cnn, batch_size=8, workers=2, layers=["stage3"])
+    two_workers, pooled2 = encode_dataset(
+        hr_dataset, cnn, batch_size=8, workers=2, layers=["stage3"]
+    )
     assert np.array_equal(base, two_workers) and np.array_equal(pooled["stage3"], pooled2["stage3"])
     other_batch, _ = encode_dataset(hr_dataset, cnn, batch_size=5)
     np.testing.assert_allclose(other_batch, base, rtol=1e-5, atol=1e-5)
@@ -59,7 +67,9 @@ def test_workers_and_batch_size_do_not_change_results(hr_dataset, cnn):
 
 def test_layer_embeddings_match_forward_features(hr_dataset, cnn):
     patches = torch.stack([hr_dataset[i][0] for i in range(4)])
-    subset = PatchDataset(hr_dataset.slide_path, hr_dataset.coords[:4], hr_dataset.size0, 64, hr_dataset.mpp)
+    subset = PatchDataset(
+        hr_dataset.slide_path, hr_dataset.coords[:4], hr_dataset.size0, 64, hr_dataset.mpp
+    )
     _, pooled = encode_dataset(subset, cnn, batch_size=4, layers=["stage2"])
     with torch.no_grad():
         _, _, expected = cnn.forward_features(cnn.preprocess(patches), ["stage2"])

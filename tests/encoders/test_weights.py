@@ -5,7 +5,9 @@ from safetensors.torch import save_file
 from lrmil.encoders import build
 from lrmil.errors import FileFormatError
 
-X = torch.randint(0, 256, (2, 64, 64, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+X = torch.randint(
+    0, 256, (2, 64, 64, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+)
 
 
 @pytest.mark.parametrize("name", ["lrmil-cnn", "lrmil-vit-tiny"])
@@ -29,7 +31,10 @@ def test_torch_state_dict_nested_and_prefixed(tmp_path):
 def test_weights_of_another_architecture(tmp_path):
     path = tmp_path / "vit.safetensors"
     save_file(build("lrmil-vit-tiny").model.state_dict(), str(path))
-    with pytest.raises(FileFormatError, match=r"vit.safetensors does not fit encoder lrmil-cnn: missing \d+ keys \(stage"):
+    with pytest.raises(
+        FileFormatError,
+        match=r"vit.safetensors does not fit encoder lrmil-cnn: missing \d+ keys \(stage",
+    ):
         build("lrmil-cnn", weights=path)
 
 
@@ -38,7 +43,9 @@ def test_wrong_shape_is_named(tmp_path):
     state["stem.weight"] = torch.zeros(16, 3, 7, 7)
     path = tmp_path / "w.safetensors"
     save_file(state, str(path))
-    with pytest.raises(FileFormatError, match=r"wrong shapes.*stem.weight \(16, 3, 7, 7\) vs \(32, 3, 7, 7\)"):
+    with pytest.raises(
+        FileFormatError, match=r"wrong shapes.*stem.weight \(16, 3, 7, 7\) vs \(32, 3, 7, 7\)"
+    ):
         build("lrmil-cnn", weights=path)
 
 
