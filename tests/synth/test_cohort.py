@@ -51,3 +51,18 @@ def test_plan_is_deterministic_and_seed_dependent():
 def test_bad_plans_are_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         plan_cohort(seed=0, **kwargs)
+
+
+def test_parallel_workers_write_the_same_files(tmp_path):
+    from lrmil.synth import make_cohort
+
+    done: list[str] = []
+    make_cohort(tmp_path / "serial", 3, seed=9, width=512, height=512)
+    make_cohort(
+        tmp_path / "parallel", 3, seed=9, width=512, height=512, workers=2, progress=done.append
+    )
+    assert sorted(done) == ["slide_0000", "slide_0001", "slide_0002"]
+    for name in ("labels.csv", "cohort.json", *(f"slides/slide_000{i}.svs" for i in range(3))):
+        assert (tmp_path / "serial" / name).read_bytes() == (
+            tmp_path / "parallel" / name
+        ).read_bytes()
