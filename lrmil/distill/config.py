@@ -188,9 +188,15 @@ def _parse_scalar(raw: str) -> Any:
     import yaml
 
     try:
-        return yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
     except yaml.YAMLError:
         return raw
+    if isinstance(value, str):  # YAML 1.1 reads "3e-3" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _nest(keys: list[str], value: Any) -> dict[str, Any]:

@@ -1,0 +1,49 @@
+"""Weights as safetensors (never pickles), with what is needed to rebuild the module stored in
+the file's metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lrmil.errors import FileFormatError
+from lrmil.mil import GatedABMIL
+from lrmil.utils.atomic import atomic_path
+
+
+def save_module(module: nn.Module, path: Path, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"lrmil": json.dumps(meta)})
+
+
+def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise FileFormatError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {}).get("lrmil", "{}"))
+            state = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (no __iter__)
+    except Exception as exc:  # safetensors raises its own error types
+        raise FileFormatError(f"checkpoint {path} cannot be read: {exc}") from exc
+    return state, meta
+
+
+def save_mil(model: GatedABMIL, path: Path, extra: dict | None = None) -> None:
+    save_module(model, path, {"hparams": model.hparams(), **(extra or {})})
+
+
+def load_mil(path: Path) -> tuple[GatedABMIL, dict]:
+    state, meta = load_state(path)
+    if "hparams" not in meta:
+        raise FileFormatError(f"checkpoint {path} is not an lrmil MIL model (no hparams)")
+    model = GatedABMIL.from_hparams(meta["hparams"])
+    model.load_state_dict(state)
+    return model.eval(), meta

@@ -1,0 +1,308 @@
+"""Step 2: patch-level cross-resolution distillation (method.md, stage 1).
+
+For LR patch i with valid children C(i), the student's final embedding s_i is pulled towards the
+frozen HR teacher's child embeddings t_ik, weighted by the teacher MIL's attention over the
+children (L_attn, `child_mse`); in `encoder` mode the student's intermediate grids are also
+pulled, block by block, towards the HR embeddings of the same layers (L_layer, `block_mse`).
+
+- `encoder`: fine-tunes a copy of the LR encoder on LR pixels read from the slides, then
+  re-embeds every LR patch with it.
+- `adapter`: a residual MLP on the cached LR features (CPU-friendly, L_attn only), then projects
+  every slide's LR features.
+
+Only the fold's training slides are distilled from (the teacher's attention on them is what it
+learned); the outputs cover every slide so the student can be validated and tested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from lrmil.distill.checkpoint import load_state, save_module
+from lrmil.distill.cohort import Cohort, SlideFeatures
+from lrmil.distill.config import DistillConfig, Stage1Config
+from lrmil.distill.train import autocast
+from lrmil.errors import ConfigError, FileFormatError
+from lrmil.ops import block_mse, child_mse
+from lrmil.utils.atomic import atomic_path
+
+FEATURES = "stage1_features.safetensors"
+
+
+class Adapter(nn.Module):
+    """`y = skip(x) + mlp(x)`; the MLP's last layer starts at zero, so training starts from the
+    un-distilled features (identity, or a linear map where the dimensions differ)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 512) -> None:
+        super().__init__()
+        self.in_dim, self.out_dim, self.hidden = in_dim, out_dim, hidden
+        self.skip = nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim)
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.mlp(x)
+
+
+@dataclass
+class Targets:
+    """The teacher side of stage 1 for the training rows (LR patches with a valid child)."""
+
+    slide: list[str]  # per row
+    row: torch.Tensor  # (R,) LR patch index within its slide
+    lr: torch.Tensor  # (R, D_lr) the cached LR features of the rows (adapter input)
+    t: torch.Tensor  # (R, K, D) HR child embeddings (zeros where invalid)
+    valid: torch.Tensor  # (R, K) bool
+    weight: torch.Tensor  # (R, K) teacher attention softmax over the valid children
+    layers: dict[str, torch.Tensor]  # {layer: (R, K, C_l)}
+
+
+def child_targets(slide: SlideFeatures, attn_logits: torch.Tensor, r: int,
+                  layers: list[str]) -> Targets:
+    """Scatter one slide's HR rows into dense (N_lr, K, .) children, keep rows with a child."""
+    n, k = slide.lr.shape[0], r * r
+    valid = torch.zeros(n, k, dtype=torch.bool)
+    valid[slide.parent, slide.child] = True
+    logits = torch.full((n, k), float("-inf"))
+    logits[slide.parent, slide.child] = attn_logits.float()
+    keep = valid.any(1)
+    weight = torch.softmax(logits[keep], dim=1)
+
+    def dense(values: torch.Tensor) -> torch.Tensor:
+        out = values.new_zeros(n, k, values.shape[1])
+        out[slide.parent, slide.child] = values
+        return out[keep]
+
+    rows = torch.nonzero(keep).flatten()
+    return Targets([slide.name] * len(rows), rows, slide.lr[rows], dense(slide.hr), valid[keep],
+                   weight,
+                   {layer: dense(slide.hr_layers[layer]) for layer in layers})
+
+
+def gather_targets(cohort: Cohort, names: list[str],
+                   teacher: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                   layers: list[str]) -> Targets:
+    parts = [child_targets(cohort.slides[n], teacher[n][1], cohort.r, layers) for n in names]
+    return Targets(
+        [s for p in parts for s in p.slide], torch.cat([p.row for p in parts]),
+        torch.cat([p.lr for p in parts]), torch.cat([p.t for p in parts]),
+        torch.cat([p.valid for p in parts]),
+        torch.cat([p.weight for p in parts]),
+        {layer: torch.cat([p.layers[layer] for p in parts]) for layer in layers})
+
+
+def run_stage1(cohort: Cohort, train_names: list[str],
+               teacher: dict[str, tuple[torch.Tensor, torch.Tensor]], cfg: DistillConfig,
+               fold_dir: Path, device: torch.device, seed: int) -> None:
+    """Writes the stage-1 model and `stage1_features.safetensors` (every slide)."""
+    torch.manual_seed(seed)
+    if cfg.stage1.mode == "adapter":
+        features = _adapter(cohort, train_names, teacher, cfg.stage1, fold_dir, device, seed)
+    else:
+        features = _encoder(cohort, train_names, teacher, cfg, fold_dir, device, seed)
+    from safetensors.torch import save_file
+
+    with atomic_path(fold_dir / FEATURES) as tmp:
+        save_file({n: f.contiguous() for n, f in features.items()}, str(tmp))
+
+
+def read_stage1_features(fold_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = fold_dir / FEATURES
+    if not path.is_file():
+        raise FileFormatError(f"stage-1 features {path} do not exist: stage 1 did not finish")
+    return load_file(str(path))
+
+
+def _optimise(params: list[nn.Parameter], cfg: Stage1Config, steps: int
+              ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(steps, 1))
+
+
+def _step(loss: torch.Tensor, params: list[nn.Parameter], cfg: Stage1Config,
+          optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler
+          ) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    optimizer.step()
+    schedule.step()
+
+
+def _adapter(cohort: Cohort, train_names: list[str],
+             teacher: dict[str, tuple[torch.Tensor, torch.Tensor]], cfg: Stage1Config,
+             fold_dir: Path, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
+    targets = gather_targets(cohort, train_names, teacher, [])
+    inputs = targets.lr
+    adapter = Adapter(inputs.shape[1], targets.t.shape[2], cfg.adapter_hidden).to(device)
+    params = list(adapter.parameters())
+    n_rows = len(inputs)
+    steps_per_epoch = -(-n_rows // cfg.batch_patches)
+    optimizer, schedule = _optimise(params, cfg, cfg.epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+    adapter.train()
+    for _ in range(cfg.epochs):
+        for idx in torch.randperm(n_rows, generator=generator).split(cfg.batch_patches):
+            s = adapter(inputs[idx].to(device))
+            loss = cfg.lambda_attn * child_mse(s, targets.t[idx].to(device),
+                                               targets.weight[idx].to(device)).mean()
+            _step(loss, params, cfg, optimizer, schedule)
+    adapter.eval()
+    save_module(adapter, fold_dir / "stage1_adapter.safetensors",
+                {"adapter": {"in_dim": adapter.in_dim, "out_dim": adapter.out_dim,
+                             "hidden": adapter.hidden}, "encoder": cohort.lr_encoder})
+    with torch.no_grad():
+        return {n: adapter(s.lr.to(device)).float().cpu() for n, s in cohort.slides.items()}
+
+
+def load_adapter(path: Path) -> Adapter:
+    state, meta = load_state(path)
+    spec = meta.get("adapter")
+    if not spec:
+        raise FileFormatError(f"{path} is not an lrmil stage-1 adapter")
+    adapter = Adapter(int(spec["in_dim"]), int(spec["out_dim"]), int(spec["hidden"]))
+    adapter.load_state_dict(state)
+    return adapter.eval()
+
+
+# ----------------------------------------------------------------------------- encoder mode
+
+
+class LRPatches(Dataset):
+    """LR patches read from the slides through the coords files; (uint8 (P, P, 3), index)."""
+
+    def __init__(self, items: list[tuple[str, int, int]], size0: dict[str, int],
+                 paths: dict[str, str], patch_size: int) -> None:
+        self.items, self.size0, self.paths, self.patch_size = items, size0, paths, patch_size
+        self._open: dict = {}  # per worker process: slide name -> open Slide
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from lrmil.wsi import open_slide
+
+        name, x0, y0 = self.items[i]
+        if name not in self._open:
+            self._open[name] = open_slide(self.paths[name])
+        patch = self._open[name].read_region(x0, y0, self.size0[name], self.patch_size)
+        return torch.from_numpy(np.ascontiguousarray(patch)), i
+
+
+@dataclass
+class SlideGeometry:
+    paths: dict[str, str]
+    size0: dict[str, int]
+    patch_size: int
+
+
+def slide_geometry(cohort: Cohort, tiled: str | None) -> SlideGeometry:
+    """Slide paths and LR patch sizes from the coords files, checked against the features."""
+    if tiled is None:
+        raise ConfigError("stage1.mode=encoder reads LR pixels: give --tiled DIR (the folder "
+                          "lrmil tile wrote) or use stage1.mode=adapter")
+    from lrmil.tiling import read_coords
+
+    paths, size0, patch = {}, {}, set()
+    for name, slide in cohort.slides.items():
+        path = Path(tiled) / "coords" / f"{name}.h5"
+        if not path.is_file():
+            raise FileFormatError(f"slide {name!r} has no coords file {path}")
+        coords = read_coords(path)
+        if not np.array_equal(np.asarray(coords.coords), slide.lr_coords):
+            raise FileFormatError(f"coords file {path} does not match the LR features of slide "
+                                  f"{name!r} (different patches): re-run lrmil embed")
+        paths[name], size0[name] = coords.slide_path, coords.lr_patch_size_level0
+        patch.add(coords.patch_size)
+    if len(patch) != 1:
+        raise FileFormatError(f"coords files in {tiled} mix patch sizes {sorted(patch)}")
+    return SlideGeometry(paths, size0, patch.pop())
+
+
+def _loader(cohort: Cohort, geo: SlideGeometry, items: list[tuple[str, int, int]],
+            cfg: Stage1Config, shuffle_seed: int | None) -> DataLoader:
+    dataset = LRPatches(items, geo.size0, geo.paths, geo.patch_size)
+    generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
+    return DataLoader(dataset, batch_size=cfg.batch_patches, shuffle=generator is not None,
+                      generator=generator, num_workers=cfg.read_workers,
+                      persistent_workers=False)
+
+
+def _encoder(cohort: Cohort, train_names: list[str],
+             teacher: dict[str, tuple[torch.Tensor, torch.Tensor]], cfg: DistillConfig,
+             fold_dir: Path, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
+    from lrmil.encoders import build
+
+    s1 = cfg.stage1
+    geo = slide_geometry(cohort, cfg.tiled)
+    encoder = build(cohort.lr_encoder, s1.encoder_weights, seed=cohort.encoder_seed)
+    hr_dim = next(iter(cohort.slides.values())).hr.shape[1]
+    if encoder.dim != hr_dim:
+        raise ConfigError(f"stage1.mode=encoder needs the same embedding size at both "
+                          f"resolutions: LR encoder {encoder.name} gives {encoder.dim}, HR "
+                          f"features have {hr_dim}; use stage1.mode=adapter")
+    layers = list(s1.layers) or [
+        layer for layer in encoder.default_layers
+        if all(layer in s.hr_layers for s in cohort.slides.values())]
+    encoder.check_layers(layers)
+    for layer in layers:
+        if encoder.grid_size(layer, geo.patch_size) % cohort.r:
+            raise ConfigError(f"layer {layer}'s grid is not divisible by r = {cohort.r}")
+        missing = [n for n in train_names if layer not in cohort.slides[n].hr_layers]
+        if missing:
+            raise FileFormatError(f"HR features of slide {missing[0]!r} lack layers/{layer} "
+                                  "(embed HR with --layers)")
+    targets = gather_targets(cohort, train_names, teacher, layers)
+    items = [(name, *map(int, cohort.slides[name].lr_coords[row]))
+             for name, row in zip(targets.slide, targets.row.tolist(), strict=True)]
+
+    encoder.to(device)
+    model = encoder.model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    steps_per_epoch = -(-len(items) // s1.batch_patches)
+    optimizer, schedule = _optimise(params, s1, s1.epochs * steps_per_epoch)
+    for epoch in range(s1.epochs):
+        for patches, idx in _loader(cohort, geo, items, s1, seed + epoch):
+            with autocast(device):
+                s, grids, _ = encoder.forward_features(encoder.preprocess(patches.to(device)),
+                                                       layers)
+            valid = targets.valid[idx].to(device)
+            loss = s1.lambda_attn * child_mse(s.float(), targets.t[idx].to(device),
+                                              targets.weight[idx].to(device))
+            if layers:
+                per_layer = [block_mse(grids[name].float(), targets.layers[name][idx].to(device),
+                                       valid, cohort.r) for name in layers]
+                loss = loss + s1.lambda_layer * torch.stack(per_layer).mean(0)
+            _step(loss.mean(), params, s1, optimizer, schedule)
+    model.eval()
+    save_module(model, fold_dir / "stage1_encoder.safetensors",
+                {"encoder": encoder.name, "layers": layers, "seed": cohort.encoder_seed})
+    return _embed_all(cohort, geo, encoder, s1, device)
+
+
+@torch.no_grad()
+def _embed_all(cohort: Cohort, geo: SlideGeometry, encoder, cfg: Stage1Config,
+               device: torch.device) -> dict[str, torch.Tensor]:
+    """Re-embed every LR patch of every slide with the distilled encoder."""
+    items = [(name, int(x), int(y)) for name in cohort.names
+             for x, y in cohort.slides[name].lr_coords]
+    out = torch.empty(len(items), encoder.dim)
+    for patches, idx in _loader(cohort, geo, items, cfg, None):
+        with autocast(device):
+            out[idx] = encoder.encode(patches.to(device)).float().cpu()
+    features, start = {}, 0
+    for name in cohort.names:
+        n = cohort.slides[name].lr.shape[0]
+        features[name] = out[start:start + n]
+        start += n
+    return features

@@ -1,0 +1,52 @@
+import numpy as np
+import torch
+
+from lrmil.distill.cohort import load_cohort
+from lrmil.distill.config import StudentConfig, TrainConfig
+from lrmil.distill.metrics import auc
+from lrmil.distill.student import student_bags, student_loss
+from lrmil.distill.toy import write_toy_features
+from lrmil.distill.train import predict, train_mil
+from lrmil.mil import Bag, GatedABMIL, collate
+
+
+def test_training_reduces_the_loss_and_learns_an_easy_signal(tmp_path):
+    labels = write_toy_features(tmp_path, n_slides=40, n_lr=8, dim=16, hr_signal=4.0,
+                                lesion_share=0.4, seed=1)
+    cohort = load_cohort(tmp_path, labels)
+    bags = [Bag(n, s.hr, s.label) for n, s in sorted(cohort.slides.items())]
+    train, val, test = bags[:24], bags[24:32], bags[32:]
+    torch.manual_seed(0)
+    model = GatedABMIL(16, 2, hidden=16)
+    cfg = TrainConfig(epochs=20, batch_bags=4, lr=1e-2, patience=20)
+    result = train_mil(model, train, val, cfg, torch.device("cpu"), seed=0)
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < 0.5 * losses[0]
+    probs, attn = predict(model, test, torch.device("cpu"))
+    assert auc(np.array([b.label for b in test]), probs) >= 0.95
+    assert [len(a) for a in attn] == [len(b.features) for b in test]
+
+
+def test_student_loss_trains_every_term(toy_features):
+    cohort = load_cohort(toy_features, toy_features / "labels.csv")
+    names = cohort.names
+    # A fake teacher: slide logits from the label, HR attention = the first feature.
+    teacher = {n: (torch.tensor([2.0, -2.0]) if s.label == 0 else torch.tensor([-2.0, 2.0]),
+                   s.hr[:, 0].clone()) for n, s in cohort.slides.items()}
+    bags = student_bags(cohort, names, {n: s.lr for n, s in cohort.slides.items()}, teacher,
+                        "max")
+    torch.manual_seed(0)
+    model = GatedABMIL(256, 2, hidden=16, instance_head=True)
+    loss_fn = student_loss(StudentConfig(topk=2))
+
+
+    batch = collate(bags)
+    first, parts = loss_fn(model(batch.x, batch.offsets), batch)
+    assert set(parts) == {"ce", "logit_kd", "attn_kd", "inst"}
+    cfg = TrainConfig(epochs=15, batch_bags=6, lr=2e-3, patience=15)
+    train_mil(model, bags, bags, cfg, torch.device("cpu"), seed=0, loss_fn=loss_fn)
+    model.train()
+    torch.manual_seed(0)
+    last, last_parts = loss_fn(model(batch.x, batch.offsets), batch)
+    assert float(last.detach()) < float(first.detach())
+    assert last_parts["attn_kd"] < parts["attn_kd"]
