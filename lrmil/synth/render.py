@@ -92,7 +92,7 @@ def render_box(scene: Scene, x0: int, y0: int, width: int, height: int) -> np.nd
     tissue = scene.tissue(xs, ys)
     tile = scene.grain.shape[0]
     rows, cols = np.arange(y0, y0 + height) % tile, np.arange(x0, x0 + width) % tile
-    grain = scene.grain[rows[:, None], cols[None, :], None]
+    grain = scene.grain.take(rows, axis=0).take(cols, axis=1)[..., None]
     glass = np.float32(scene.background * np.exp(-0.015))
     if not tissue.any():  # most of a slide is glass: skip the stains
         return np.clip(glass + 2 * grain, 0, 255).astype(np.uint8).repeat(3, axis=2)
@@ -100,7 +100,9 @@ def render_box(scene: Scene, x0: int, y0: int, width: int, height: int) -> np.nd
 
     hema = np.zeros(tissue.shape, np.float32)
     cellularity = 0.3 + 0.2 * scene.noise["density"].grid(xs, ys)
-    _stamp_nuclei(scene, hema, "normal", tissue * (1 - union) * cellularity, x0 - pad, y0 - pad)
+    plain = tissue * (1 - union) * cellularity
+    for name in ("normal", "stroma"):
+        _stamp_nuclei(scene, hema, name, plain, x0 - pad, y0 - pad)
     for kind in _KINDS:
         if density[kind].any():
             _stamp_nuclei(scene, hema, _POPULATION_OF[kind], density[kind], x0 - pad, y0 - pad)

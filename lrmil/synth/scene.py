@@ -117,7 +117,7 @@ class NucleusKind:
 LYMPHOCYTE = NucleusKind((4.5, 6.0), (1.0, 1.15), 0.02, (1.15, 1.4), 0.06, 0.6)
 # Benign nests (both classes): regular round nuclei, paler, fine chromatin, tightly packed.
 NEST = NucleusKind((8.0, 11.0), (1.0, 1.25), 0.03, (0.95, 1.15), 0.1, 0.7)
-SPINDLE = NucleusKind((7.0, 9.0), (3.0, 5.0), 0.03, (0.7, 0.95), 0.1, 0.7)  # stromal
+SPINDLE = NucleusKind((4.5, 6.0), (3.0, 4.5), 0.03, (0.7, 0.95), 0.1, 0.7)  # stromal
 
 
 def normal_kind(config: SynthConfig) -> NucleusKind:
@@ -134,7 +134,8 @@ def _stamp_bank(rng: np.random.Generator, count: int, kind: NucleusKind) -> np.n
     """`count` nucleus stamps (count, S, S): hematoxylin concentration of an ellipse whose
     radius is modulated by low harmonics (irregular outline), with a ~1 px soft edge, a darker
     rim and chromatin texture (smoothed noise)."""
-    size = int(np.ceil(kind.diameter[1] * max(kind.elongation[1], 1.0) ** 0.5 * 1.35)) | 1
+    long_axis = kind.diameter[1] * kind.elongation[1] ** 0.5
+    size = int(np.ceil(long_axis * 1.35)) | 1  # room for the irregular outline
     half = size // 2
     yy, xx = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float32)
     theta = np.arctan2(yy, xx)
@@ -159,26 +160,17 @@ def _stamp_bank(rng: np.random.Generator, count: int, kind: NucleusKind) -> np.n
     return bank
 
 
-def _stack(*banks: np.ndarray) -> np.ndarray:
-    """Concatenate stamp banks, zero-padding each to the largest stamp size."""
-    size = max(bank.shape[1] for bank in banks)
-    return np.concatenate(
-        [
-            np.pad(b, ((0, 0), ((size - b.shape[1]) // 2,) * 2, ((size - b.shape[1]) // 2,) * 2))
-            for b in banks
-        ]
-    )
-
-
 # Lattice spacing (px) of each population: with the kinds above, the nests' and the
 # lymphocyte clusters' mean hematoxylin at 5x matches the foci's (tests/synth/test_signal.py).
-SPACING = {"normal": 11.0, "lymph": 6.0, "nest": 10.5, "tumour": 15.0}
+SPACING = {"normal": 12.0, "stroma": 18.0, "lymph": 6.0, "nest": 10.5, "tumour": 15.0}
 
 
 def _populations(rng: np.random.Generator, config: SynthConfig) -> dict[str, Population]:
-    normal = _stack(_stamp_bank(rng, 24, normal_kind(config)), _stamp_bank(rng, 12, SPINDLE))
     return {
-        "normal": Population("normal", SPACING["normal"], normal),
+        "normal": Population(
+            "normal", SPACING["normal"], _stamp_bank(rng, 24, normal_kind(config))
+        ),
+        "stroma": Population("stroma", SPACING["stroma"], _stamp_bank(rng, 24, SPINDLE)),
         "lymph": Population("lymph", SPACING["lymph"], _stamp_bank(rng, 24, LYMPHOCYTE)),
         "nest": Population("nest", SPACING["nest"], _stamp_bank(rng, 24, NEST)),
         "tumour": Population(
