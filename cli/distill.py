@@ -31,15 +31,19 @@ def distill(
     baseline on every fold; print and write the report (metrics.json, report.md, roc.png)."""
     with known_errors():
         from rich.console import Console
-        from rich.markdown import Markdown
+        from rich.table import Table
 
         from lrmil.distill import load_config, run
         from lrmil.distill.progress import step_spinner
+        from lrmil.distill.report import SUMMARY_HEADER, summary_rows
 
         cfg = load_config(config, overrides, features=str(features), labels=str(labels),
                           out=str(out), tiled=None if tiled is None else str(tiled))
         console = Console()
         with step_spinner(console) as on_step:
-            run(cfg, on_step=on_step)
-        console.print(Markdown((out / "report.md").read_text()))
+            report = run(cfg, on_step=on_step)
+        table = Table(*SUMMARY_HEADER, title=f"{len(report['folds'])}-fold test metrics")
+        for row in summary_rows(report):
+            table.add_row(*row)
+        console.print(table)
         console.print(f"written: {out / 'metrics.json'}, {out / 'report.md'}, {out / 'roc.png'}")
