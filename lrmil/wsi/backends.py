@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 from PIL import Image
 
 from lrmil.errors import SlideError
+from lrmil.wsi.tiff_tiles import TiledTiff
 
 # Read by Pillow as one-level slides; .tif/.tiff go to OpenSlide first and fall back here.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
@@ -21,8 +23,8 @@ class Backend(Protocol):
 
     def metadata_mpp(self) -> float | None: ...
     def objective_power(self) -> float | None: ...
-    def read(self, level: int, x0: int, y0: int, width: int, height: int) -> Image.Image:
-        """RGB image of `width x height` level pixels whose top-left is (x0, y0) in level 0."""
+    def read(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
+        """(height, width, 3) uint8 RGB of level `level` whose top-left is (x0, y0) in level 0."""
         ...
 
     def close(self) -> None: ...
@@ -54,6 +56,8 @@ class OpenSlideBackend:
         self._slide = openslide.OpenSlide(str(path))
         self.level_dimensions = tuple(self._slide.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
+        vendor = self._slide.properties.get("openslide.vendor")
+        self._tiles = TiledTiff.open(path, vendor, self.level_dimensions)
 
     def metadata_mpp(self) -> float | None:
         props = self._slide.properties
@@ -64,14 +68,19 @@ class OpenSlideBackend:
     def objective_power(self) -> float | None:
         return _positive_float(self._slide.properties.get("openslide.objective-power"))
 
-    def read(self, level: int, x0: int, y0: int, width: int, height: int) -> Image.Image:
+    def read(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
+        if self._tiles is not None:
+            d = self.level_downsamples[level]
+            return self._tiles.read(level, round(x0 / d), round(y0 / d), width, height)
         try:
             region = self._slide.read_region((x0, y0), level, (width, height))
         except self._error as exc:  # a truncated or corrupt file fails at the first read
             raise SlideError(f"{self._path}: cannot read the slide ({exc})") from None
-        return _on_white(region)
+        return np.asarray(_on_white(region))
 
     def close(self) -> None:
+        if self._tiles is not None:
+            self._tiles.close()
         self._slide.close()
 
 
@@ -93,15 +102,15 @@ class ImageBackend:
     def objective_power(self) -> float | None:
         return None
 
-    def read(self, level: int, x0: int, y0: int, width: int, height: int) -> Image.Image:
+    def read(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
         w, h = self._image.size
         inside = (max(x0, 0), max(y0, 0), min(x0 + width, w), min(y0 + height, h))
         if inside == (x0, y0, x0 + width, y0 + height):
-            return self._image.crop(inside)
+            return np.asarray(self._image.crop(inside))
         canvas = Image.new("RGB", (width, height), WHITE)
         if inside[2] > inside[0] and inside[3] > inside[1]:
             canvas.paste(self._image.crop(inside), (inside[0] - x0, inside[1] - y0))
-        return canvas
+        return np.asarray(canvas)
 
     def close(self) -> None:
         self._image.close()

@@ -71,8 +71,10 @@ class Slide:
         level = self.best_level(min(w0 / out_w, h0 / out_h))
         d = self.level_downsamples[level]
         lw, lh = max(1, round(w0 / d)), max(1, round(h0 / d))
-        image = self._backend.read(level, int(x0), int(y0), lw, lh)
-        return np.asarray(_resize(image, out_w, out_h))
+        pixels = self._backend.read(level, int(x0), int(y0), lw, lh)
+        if (lw, lh) == (out_w, out_h):
+            return pixels
+        return np.asarray(_resize(Image.fromarray(pixels), out_w, out_h))
 
     def read_region(self, x0: int, y0: int, size0: int, out_size: int) -> np.ndarray:
         """The level-0 square [x0, x0+size0)^2 as an (out_size, out_size, 3) uint8 array."""
@@ -94,8 +96,6 @@ class Slide:
 
 def _resize(image: Image.Image, out_w: int, out_h: int) -> Image.Image:
     w, h = image.size
-    if (w, h) == (out_w, out_h):
-        return image
     if w % out_w == 0 and h % out_h == 0 and w // out_w == h // out_h:
         return image.reduce(w // out_w)  # exact box average, the fast path
     resample = Image.Resampling.BOX if w >= out_w else Image.Resampling.BILINEAR
