@@ -32,10 +32,12 @@ def gated_attention_pool(
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     offsets = offsets.to(torch.int64)
     n_bags = offsets.shape[0] - 1
-    lengths = offsets[1:] - offsets[:-1]
-    bag_of = torch.repeat_interleave(
-        torch.arange(n_bags, device=x.device), lengths, output_size=x.shape[0]
-    )
+    # Bag index of each instance: count the bag starts at or before it. (repeat_interleave
+    # with tensor repeats exports to ONNX graphs that give wrong indices under ONNX Runtime.)
+    starts = offsets[1:-1].clamp(max=x.shape[0])  # trailing empty bags start at T
+    marks = torch.zeros(x.shape[0] + 1, dtype=torch.int64, device=x.device)
+    marks = marks.index_add(0, starts, torch.ones_like(starts))
+    bag_of = marks[: x.shape[0]].cumsum(0)
     logits = gate_logits(proj.to(acc), w.to(acc), b_w.to(acc))
     # Max-subtracted softmax per bag; a bag whose logits are all -inf gets zero weights.
     bag_max = torch.full((n_bags,), float("-inf"), dtype=acc, device=x.device)

@@ -149,3 +149,17 @@ def test_trt_export_without_tensorrt_says_what_is_missing(tiny, tmp_path):
     with pytest.raises(EnvironmentMissingError, match="use --engine onnx"):
         export_model(encoder, head, meta, tmp_path, fmt="trt")
     assert not any(tmp_path.iterdir())
+
+
+def test_the_real_gated_abmil_exports_and_matches_torch(tmp_path):
+    """lrmil.mil.GatedABMIL through the ops' export path (a regression: repeat_interleave in
+    the reference used to export to a graph with wrong bag indices)."""
+    from lrmil.export.graphs import HeadGraph
+    from lrmil.mil import GatedABMIL
+
+    torch.manual_seed(0)
+    head = HeadGraph(GatedABMIL(16, 3, hidden=8, proj_dim=12).eval())
+    result = export_onnx(head, torch.randn(5, 16), tmp_path / "mil.onnx", "features",
+                         ["probabilities", "attention"], "n",
+                         [torch.randn(n, 16) for n in (1, 17, 300)])
+    assert result.exporter == "dynamo" and max(result.max_abs_diff.values()) < 1e-5
