@@ -32,6 +32,7 @@ class SynthConfig:
     tumour_diameter: tuple[float, float] = (10.0, 14.0)  # enlarged, irregular, hyperchromatic
     lymph_clusters: tuple[int, int] = (3, 6)  # both classes, per 4096^2 px: LR look-alikes
     nests: tuple[int, int] = (2, 4)  # benign dense epithelial nests, both classes
+    nest_diameter: tuple[float, float] = (8.0, 11.0)  # closer to the tumour's: harder at 5x
     cluster_radius: tuple[float, float] = (45.0, 110.0)
     normal_diameter: tuple[float, float] = (5.0, 7.0)
     lr_cue: float = 1.0  # 0..1: strength of the faint low-power cue of the foci (eosin, size)
@@ -115,14 +116,17 @@ class NucleusKind:
 
 # Lymphocytes (both classes): small, round, dense, uniformly dark.
 LYMPHOCYTE = NucleusKind((4.5, 6.0), (1.0, 1.15), 0.02, (1.15, 1.4), 0.06, 0.6)
-# Benign nests (both classes): regular round nuclei, paler, fine chromatin, tightly packed.
-NEST = NucleusKind((8.0, 11.0), (1.0, 1.25), 0.03, (0.95, 1.15), 0.1, 0.7)
 SPINDLE = NucleusKind((4.5, 6.0), (3.0, 4.5), 0.03, (0.7, 0.95), 0.1, 0.7)  # stromal
 
 
 def normal_kind(config: SynthConfig) -> NucleusKind:
     """Epithelial nuclei of normal tissue: small, round, fine chromatin."""
     return NucleusKind(config.normal_diameter, (1.0, 1.5), 0.04, (0.7, 1.0), 0.12, 0.7)
+
+
+def nest_kind(config: SynthConfig) -> NucleusKind:
+    """Benign nests (both classes): regular round nuclei, paler, fine chromatin, packed tight."""
+    return NucleusKind(config.nest_diameter, (1.0, 1.25), 0.03, (0.95, 1.15), 0.1, 0.7)
 
 
 def tumour_kind(config: SynthConfig) -> NucleusKind:
@@ -172,7 +176,7 @@ def _populations(rng: np.random.Generator, config: SynthConfig) -> dict[str, Pop
         ),
         "stroma": Population("stroma", SPACING["stroma"], _stamp_bank(rng, 24, SPINDLE)),
         "lymph": Population("lymph", SPACING["lymph"], _stamp_bank(rng, 24, LYMPHOCYTE)),
-        "nest": Population("nest", SPACING["nest"], _stamp_bank(rng, 24, NEST)),
+        "nest": Population("nest", SPACING["nest"], _stamp_bank(rng, 24, nest_kind(config))),
         "tumour": Population(
             "tumour", SPACING["tumour"], _stamp_bank(rng, 48, tumour_kind(config))
         ),
