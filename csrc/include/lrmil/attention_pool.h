@@ -9,6 +9,7 @@
 // pool to zeros with zero attention and zero gradients.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -57,9 +58,25 @@ struct AttentionPoolParams {
 // (libm's expf does not): Cephes' range reduction and polynomial, ~2 ulp. The argument is
 // clamped so the result is always a finite normal number (exp(-87.3) ~ 1e-38, never 0 or inf),
 // which keeps tanh and sigmoid free of inf / inf.
+// 2^n as a float for n in [-126, 127], from its exponent bits (a bit cast the vectoriser keeps).
+LRMIL_HD float exp2_int(int32_t n) {
+#if defined(__CUDA_ARCH__)
+  return __int_as_float((n + 127) << 23);
+#else
+  return __builtin_bit_cast(float, static_cast<uint32_t>(n + 127) << 23);
+#endif
+}
+
+LRMIL_HD float clamp_exp_arg(float v) {
+#if defined(__CUDA_ARCH__)
+  return fminf(fmaxf(v, -87.3f), 88.3f);
+#else
+  return std::min(std::max(v, -87.3f), 88.3f);
+#endif
+}
+
 LRMIL_HD float exp_approx(float v) {
-  v = v < -87.3f ? -87.3f : v;
-  v = v > 88.3f ? 88.3f : v;
+  v = clamp_exp_arg(v);
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
   const float n = (v * 1.44269504088896341f + kRound) - kRound;
   float r = v - n * 0.693359375f;
@@ -71,7 +88,7 @@ LRMIL_HD float exp_approx(float v) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * (r * r) + r + 1.0f;
-  return y * bits_to_float((uint32_t)((int32_t)n + 127) << 23);
+  return y * exp2_int(static_cast<int32_t>(n));
 }
 LRMIL_HD double exp_approx(double v) { return std::exp(v); }
 
