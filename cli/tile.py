@@ -103,6 +103,6 @@ def _print_summary(summary: TilingSummary) -> None:
         console.print(f"[yellow]no tissue found (empty grid):[/] {', '.join(summary.empty)}")
     for result in summary.results:
         if result.status == "failed":
-            console.print(f"[red]failed[/] {result.name}: {result.error}", soft_wrap=True)
+            console.print(f"[red]failed:[/] {result.error}", soft_wrap=True)  # names the file
     if summary.failed:
         console.print(f"errors written to {summary.out_dir / 'errors.csv'}")
