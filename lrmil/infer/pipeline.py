@@ -31,7 +31,7 @@ class SlidePrediction:
     attention: np.ndarray  # (N,), sums to 1
     coords: np.ndarray  # (N, 2) int64, LR patch top-left corners in level 0
     patch_size0: int  # LR patch side in level-0 pixels
-    thumbnail: np.ndarray  # (h, w, 3) uint8, the whole slide
+    thumbnail: np.ndarray  # (h, w, 3) uint8, the whole slide at the tissue mask's magnification
     thumbnail_scale: float  # thumbnail pixels per level-0 pixel
     timings: dict[str, float] = field(default_factory=dict)  # tissue, read, encode, aggregate
 
@@ -76,15 +76,20 @@ def predict_slide(path: str | Path, engine: Engine, tiling: TilingConfig, *,
     clock = time.perf_counter()
     with open_slide(path, mpp) as slide:
         tiles = tile_slide(slide, tiling)
-        thumb = np.asarray(slide.thumbnail(thumbnail_side))
-        scale = thumb.shape[1] / slide.dimensions[0]
         name = slide.name
-    if len(tiles.coords) == 0:
-        raise SlideError(f"{path}: no tissue found (no LR patch reaches the tissue threshold)")
+        if len(tiles.coords) == 0:
+            raise SlideError(f"{path}: no tissue found (no LR patch reaches the tissue threshold)")
+        # The heatmap reuses the thumbnail the tissue mask was made from (no second read)
+        # unless that is far smaller than asked, as on small slides.
+        thumb, scale = _shrink(tiles.thumbnail, tiles.mask_scale[0], thumbnail_side)
+        if 2 * max(thumb.shape[:2]) < min(thumbnail_side, max(slide.dimensions)):
+            thumb = np.asarray(slide.thumbnail(thumbnail_side))
+            scale = thumb.shape[1] / slide.dimensions[0]
     timings = {"tissue": time.perf_counter() - clock, "read": 0.0, "encode": 0.0}
 
     patches = PatchBatches(path, mpp, tiles.coords, tiles.geometry.lr_size0,
                            tiling.patch_size, batch_size)
+    workers = min(workers, len(patches) - 1)  # one batch: nothing to overlap, skip the spawn
     loader = DataLoader(patches, batch_size=None, num_workers=workers,
                         pin_memory=engine.device.type == "cuda",
                         prefetch_factor=4 if workers else None)
@@ -108,6 +113,19 @@ def predict_slide(path: str | Path, engine: Engine, tiling: TilingConfig, *,
     timings["total"] = time.perf_counter() - clock
     return SlidePrediction(name, path, probs, attn, tiles.coords, tiles.geometry.lr_size0,
                            thumb, scale, timings)
+
+
+def _shrink(image: np.ndarray, scale: float, max_side: int) -> tuple[np.ndarray, float]:
+    """`image` (pixels `scale` level-0 pixels wide) with its longer side at most `max_side`."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    factor = min(1.0, max_side / max(h, w))
+    if factor == 1.0:
+        return image, scale
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX))
+    return small, scale * size[0] / w
 
 
 def tiling_for(meta_extra: dict, patch_size: int, magnification: float) -> TilingConfig:

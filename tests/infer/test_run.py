@@ -75,12 +75,21 @@ def test_reading_in_worker_processes_gives_the_same_result(slides, torch_engine)
     np.testing.assert_allclose(a.attention, b.attention, atol=1e-7)
 
 
-def test_heatmap_png_is_the_thumbnail_plus_the_colour_bar(run_out, slides):
+def test_heatmap_png_is_the_thumbnail_plus_the_colour_bar(run_out, slides, torch_engine):
     out, _ = run_out
+    pred = predict_slide(slides[0], torch_engine, tiling_for({}, 32, 5.0), workers=0)
+    h, w = pred.thumbnail.shape[:2]
     with open_slide(slides[0]) as slide:
-        w, h = slide.thumbnail(1024).size
+        assert w / slide.dimensions[0] == pytest.approx(pred.thumbnail_scale, rel=1e-6)
+        assert max(w, h) >= min(512, max(slide.dimensions)) // 2
     image = Image.open(out / "heatmaps" / "positive.png")
     assert image.format == "PNG" and image.size == (w + BAR_WIDTH, h)
+
+
+def test_heatmap_side_is_bounded(slides, torch_engine):
+    pred = predict_slide(slides[0], torch_engine, tiling_for({}, 32, 5.0), workers=0,
+                         thumbnail_side=100)
+    assert max(pred.thumbnail.shape[:2]) <= 100
 
 
 def test_timings_and_summary_are_written(run_out):
