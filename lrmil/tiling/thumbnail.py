@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageDraw
-from scipy import ndimage
+
+from lrmil.tiling.morphology import contour
 
 CONTOUR = (0, 200, 0)
 GRID = (20, 60, 230)
@@ -22,8 +23,7 @@ def draw_thumbnail(
 ) -> Image.Image:
     """`rgb` and `mask` at the mask's magnification; `coords` LR corners in level 0."""
     image = rgb.copy()
-    contour = mask & ~ndimage.binary_erosion(mask, border_value=0)
-    image[contour] = CONTOUR
+    image[contour(mask)] = CONTOUR
     thumb = Image.fromarray(image)
     side = max(thumb.size)
     zoom = min(max(1.0, MIN_SIDE / side), MAX_SIDE / side)
