@@ -99,7 +99,7 @@ void backward(int64_t n_rows, int64_t n_bags, int64_t hidden, int64_t dim, int d
   AttentionPoolParams p = make_params(n_rows, n_bags, hidden, dim, dtype, proj, proj_row_stride,
                                       x, x_row_stride, w, b_w, offsets);
   require(grad_pooled_row_stride >= 0, "negative grad_pooled row stride");
-  require(n_rows == 0 || (attn && grad_pooled && grad_proj && grad_x), "null pointer");
+  require(n_rows == 0 || (attn && grad_pooled && grad_proj), "null pointer");
   require(grad_w && grad_b_w, "null grad_w or grad_b_w pointer");
   p.attn = reinterpret_cast<void*>(attn);
   p.grad_pooled = as_ptr<void>(grad_pooled);
@@ -107,7 +107,7 @@ void backward(int64_t n_rows, int64_t n_bags, int64_t hidden, int64_t dim, int d
   p.grad_attn = as_ptr<void>(grad_attn);      // may be null: no gradient for attn
   p.grad_logits = as_ptr<void>(grad_logits);  // may be null: no gradient for logits
   p.grad_proj = reinterpret_cast<void*>(grad_proj);
-  p.grad_x = reinterpret_cast<void*>(grad_x);
+  p.grad_x = reinterpret_cast<void*>(grad_x);  // may be null: x needs no gradient
   p.grad_w = reinterpret_cast<void*>(grad_w);
   p.grad_b_w = reinterpret_cast<void*>(grad_b_w);
   launch(

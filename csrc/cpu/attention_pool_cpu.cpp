@@ -100,7 +100,8 @@ void forward(const AttentionPoolParams& p) {
   pool<S>(p, attn);
 }
 
-// d(loss)/d(attn_t) including the path through pooled, and grad_x = attn_t * grad_pooled[b].
+// d(loss)/d(attn_t) including the path through pooled, and grad_x = attn_t * grad_pooled[b]
+// unless grad_x is null (x needs no gradient, e.g. cached features).
 template <typename S>
 void attn_grad_and_grad_x(const AttentionPoolParams& p, acc_t<S>* grad_a) {
   using A = acc_t<S>;
@@ -114,16 +115,16 @@ void attn_grad_and_grad_x(const AttentionPoolParams& p, acc_t<S>* grad_a) {
   for (int64_t t = 0; t < p.n_rows; ++t) {
     const S* g = gp + bag_of_row(p.offsets, p.n_bags, t) * p.grad_pooled_row_stride;
     const S* row = x + t * p.x_row_stride;
-    S* gx = grad_x + t * D;
-    const A a = attn[t];
     A dot = 0;
 #pragma omp simd reduction(+ : dot)
-    for (int64_t j = 0; j < D; ++j) {
-      const A gj = load(g + j);
-      dot += gj * load(row + j);
-      store(gx + j, a * gj);
-    }
+    for (int64_t j = 0; j < D; ++j) dot += load(g + j) * load(row + j);
     grad_a[t] = dot + (grad_attn ? grad_attn[t] : A(0));
+    if (grad_x) {
+      S* gx = grad_x + t * D;
+      const A a = attn[t];
+#pragma omp simd
+      for (int64_t j = 0; j < D; ++j) store(gx + j, a * load(g + j));
+    }
   }
 }
 

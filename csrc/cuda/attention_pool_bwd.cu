@@ -25,13 +25,13 @@ __global__ void attn_grad_kernel(AttentionPoolParams p, acc_t<S>* grad_a) {
   for (int64_t t = blockIdx.x * kWarps + threadIdx.x / kWarp; t < p.n_rows; t += warps) {
     const S* g = gp + bag_of_row(p.offsets, p.n_bags, t) * p.grad_pooled_row_stride;
     const S* row = x + t * p.x_row_stride;
-    S* gx = grad_x + t * p.dim;
+    S* gx = grad_x ? grad_x + t * p.dim : nullptr;  // null: x needs no gradient
     const A a = attn[t];
     A dot = 0;
     for (int64_t j = lane; j < p.dim; j += kWarp) {
       const A gj = load(g + j);
       dot += gj * load(row + j);
-      store(gx + j, a * gj);
+      if (grad_x) store(gx + j, a * gj);
     }
     dot = warp_sum(dot);
     if (lane == 0) grad_a[t] = dot + (grad_attn ? grad_attn[t] : A(0));

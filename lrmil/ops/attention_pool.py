@@ -113,7 +113,9 @@ def _pool_backward_op(
     b_w: Tensor,
     offsets: Tensor,
     attn: Tensor,
+    need_grad_x: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients to proj, x, w and b_w; grad_x is empty (0 rows) unless need_grad_x."""
     proj, x = _unit_columns(proj), _unit_columns(x)
     # Gradients of sums arrive as expanded (stride 0) views; the kernel reads rows in place.
     grad_pooled = _unit_columns(grad_pooled.to(x.dtype))
@@ -128,7 +130,7 @@ def _pool_backward_op(
     )
     n_rows, dim = x.shape
     grad_proj = torch.empty(proj.shape, dtype=proj.dtype, device=proj.device)
-    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    grad_x = x.new_empty(x.shape if need_grad_x else (0, dim))
     grad_w = torch.empty_like(w)
     grad_b_w = torch.empty_like(b_w)
     _ext.lib().attention_pool_backward(
@@ -140,7 +142,7 @@ def _pool_backward_op(
         grad_pooled=grad_pooled.data_ptr(), grad_pooled_row_stride=grad_pooled.stride(0),
         grad_attn=0 if grad_attn is None else grad_attn.data_ptr(),
         grad_logits=0 if grad_logits is None else grad_logits.data_ptr(),
-        grad_proj=grad_proj.data_ptr(), grad_x=grad_x.data_ptr(),
+        grad_proj=grad_proj.data_ptr(), grad_x=grad_x.data_ptr() if need_grad_x else 0,
         grad_w=grad_w.data_ptr(), grad_b_w=grad_b_w.data_ptr(),
         device=_device_index(x), stream=_ext.stream_of(x),
     )  # fmt: skip
@@ -148,10 +150,10 @@ def _pool_backward_op(
 
 
 @_pool_backward_op.register_fake
-def _(grad_pooled, grad_attn, grad_logits, proj, x, w, b_w, offsets, attn):
+def _(grad_pooled, grad_attn, grad_logits, proj, x, w, b_w, offsets, attn, need_grad_x):
     return (
         torch.empty(proj.shape, dtype=proj.dtype, device=proj.device),
-        torch.empty(x.shape, dtype=x.dtype, device=x.device),
+        x.new_empty(x.shape if need_grad_x else (0, x.shape[1])),
         torch.empty_like(w),
         torch.empty_like(b_w),
     )
@@ -164,8 +166,11 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_pooled, grad_attn, grad_logits):
     proj, x, w, b_w, offsets, attn = ctx.saved_tensors
-    grads = _pool_backward_op(grad_pooled, grad_attn, grad_logits, proj, x, w, b_w, offsets, attn)
-    return (*grads, None)
+    need_grad_x = ctx.needs_input_grad[1]
+    grad_proj, grad_x, grad_w, grad_b_w = _pool_backward_op(
+        grad_pooled, grad_attn, grad_logits, proj, x, w, b_w, offsets, attn, need_grad_x
+    )
+    return grad_proj, grad_x if need_grad_x else None, grad_w, grad_b_w, None
 
 
 torch.library.register_autograd(_pool_op, _backward, setup_context=_setup_context)

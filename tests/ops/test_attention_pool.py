@@ -165,7 +165,25 @@ def test_opcheck(dtype):
         offsets,
         attn,
     )
-    torch.library.opcheck(ap._pool_backward_op, backward_args)
+    for need_grad_x in (True, False):
+        torch.library.opcheck(ap._pool_backward_op, (*backward_args, need_grad_x))
+
+
+def test_x_without_grad_skips_grad_x():
+    proj, x, w, b_w, offsets = make_inputs([5, 0, 9], 7)
+
+    def grads(x_needs_grad):
+        leaves = [t.clone().requires_grad_() for t in (proj, w, b_w)]
+        x_in = x.clone().requires_grad_(x_needs_grad)
+        pooled, _, logits = gated_attention_pool(leaves[0], x_in, leaves[1], leaves[2], offsets)
+        (pooled.sum() + logits.square().sum()).backward()
+        return [t.grad for t in leaves], x_in.grad
+
+    without_x, x_grad = grads(False)
+    with_x, _ = grads(True)
+    assert x_grad is None
+    for got, want in zip(without_x, with_x, strict=True):
+        assert torch.equal(got, want)
 
 
 def test_torch_compile_fullgraph():
