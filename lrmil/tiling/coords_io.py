@@ -74,6 +74,7 @@ def write_coords(
     name: str,
     slide_path: Path,
     slide_mpp: float,
+    mpp_user: float | None,
     slide_dimensions: tuple[int, int],
     config: TilingConfig,
 ) -> None:
@@ -89,6 +90,8 @@ def write_coords(
                 "slide_mtime": stat.st_mtime,
                 "slide_dimensions": np.asarray(slide_dimensions, dtype=np.int64),
                 "r": geo.r,
+                # The user's mpp override (NaN: the slide's metadata), checked on resume.
+                "mpp_user": np.nan if mpp_user is None else mpp_user,
                 "tiling_config": json.dumps(config.to_dict(), sort_keys=True),
                 "tissue_params": json.dumps(config.to_dict()["tissue"], sort_keys=True),
             }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import multiprocessing
 import os
 import signal
@@ -74,8 +75,9 @@ def output_paths(out_dir: Path, name: str) -> tuple[Path, Path]:
     return out_dir / COORDS_DIR / f"{name}.h5", out_dir / THUMBNAILS_DIR / f"{name}.png"
 
 
-def is_complete(slide: Path, out_dir: Path, config: TilingConfig) -> bool:
-    """Both outputs exist and were made from this very slide file with these settings."""
+def is_complete(slide: Path, out_dir: Path, config: TilingConfig, mpp: float | None) -> bool:
+    """Both outputs exist and were made from this very slide file with these settings (and
+    the same mpp override, if any)."""
     import h5py
 
     coords, thumb = output_paths(out_dir, slide_name(slide))
@@ -88,9 +90,14 @@ def is_complete(slide: Path, out_dir: Path, config: TilingConfig) -> bool:
                 int(f.attrs["slide_size"]) == stat.st_size
                 and float(f.attrs["slide_mtime"]) == stat.st_mtime
                 and json.loads(f.attrs["tiling_config"]) == json.loads(json.dumps(config.to_dict()))
+                and _same_mpp(float(f.attrs["mpp_user"]), mpp)
             )
     except (OSError, KeyError, ValueError):
         return False
+
+
+def _same_mpp(stored: float, mpp: float | None) -> bool:
+    return math.isnan(stored) if mpp is None else stored == mpp
 
 
 def tile_one(slide: Path, out_dir: Path, config: TilingConfig, mpp: float | None) -> SlideResult:
@@ -119,6 +126,7 @@ def tile_one(slide: Path, out_dir: Path, config: TilingConfig, mpp: float | None
             name=name,
             slide_path=slide,
             slide_mpp=mpp_used,
+            mpp_user=mpp,
             slide_dimensions=dimensions,
             config=config,
         )
@@ -204,10 +212,11 @@ def tile_slides(
     summary = TilingSummary(out)
     todo: list[tuple[Path, float | None]] = []
     for path in paths:
-        if not overwrite and is_complete(path, out, config):
+        user_mpp = override_for(path, mpp)
+        if not overwrite and is_complete(path, out, config, user_mpp):
             summary.results.append(SlideResult(str(path), slide_name(path), "skipped"))
         else:
-            todo.append((path, override_for(path, mpp)))
+            todo.append((path, user_mpp))
 
     bar = _progress() if progress else None
     try:

@@ -175,6 +175,10 @@ def test_resume_skips_complete_outputs(tmp_path, synth_slide_path):
     again = tile_slides([slide], out)
     assert again.ok == 1 and again.patches == first.patches
     assert tile_slides([slide], out, overwrite=True).ok == 1
+    # A new mpp override is a new input; the same one is not.
+    assert tile_slides([slide], out, mpp=0.5).ok == 1
+    assert tile_slides([slide], out, mpp={"s": 0.5}).skipped == 1
+    assert tile_slides([slide], out).ok == 1
     # An incomplete output (no thumbnail) is redone.
     (out / "thumbnails" / "s.png").unlink()
     assert tile_slides([slide], out).ok == 1
