@@ -25,6 +25,7 @@ class SlideFeatures:
     parent: torch.Tensor  # (M,) int64, LR patch of each HR patch
     child: torch.Tensor  # (M,) int64, k = v*r + u within the parent
     hr_layers: dict[str, torch.Tensor] = field(default_factory=dict)  # {layer: (M, C_l)}
+    coords_path: str | None = None  # the coords file the LR features were embedded from
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Cohort:
     hr_encoder: str
     r: int  # children per side of an LR patch (K = r * r)
     encoder_seed: int = 0  # the seed the LR encoder was built with (built-ins), from the attrs
+    lr_attrs: dict = field(default_factory=dict)  # attrs of an LR features file (patch size...)
 
     @property
     def names(self) -> list[str]:
@@ -131,18 +133,22 @@ def load_cohort(features_dir: Path, labels_csv: Path) -> Cohort:
             parent=parent, child=child,
             hr_layers={k: torch.as_tensor(np.asarray(v, dtype=np.float32))
                        for k, v in hr.layers.items()},
+            coords_path=lr.attrs.get("coords_path"),
         )
     for kind, names in encoders.items():
         if len(names) > 1:
             raise FileFormatError(f"{features_dir}/{kind} mixes encoders {sorted(names)}")
     # r from the files' attrs when they carry it, else the smallest grid holding every child.
     r = int(hr.attrs.get("r", 0)) or max(2, math.isqrt(max_child) + 1)
-    return Cohort(slides, class_names, encoders["lr"].pop(), encoders["hr"].pop(), r, seed)
+    return Cohort(slides, class_names, encoders["lr"].pop(), encoders["hr"].pop(), r, seed,
+                  dict(lr.attrs))
 
 
 def _check_values(features: np.ndarray, what: str, path: Path) -> None:
     if features.ndim != 2 or features.shape[0] == 0:
-        raise FileFormatError(f"{what} ({path}) are empty or not (N, D): shape {features.shape}")
+        raise FileFormatError(f"{what} ({path}) are empty or not (N, D): shape {features.shape}"
+                              "; a slide with no tissue patch cannot be classified: remove it "
+                              "from the labels CSV")
     bad = ~np.isfinite(features)
     if bad.any():
         rows = np.unique(np.nonzero(bad)[0])

@@ -138,8 +138,24 @@ def _write_or_check_config(cfg: DistillConfig, cohort: Cohort, out: Path) -> Non
                               f"); use a new --out or the same settings to resume")
     extra = {"versions": versions(), "class_names": cohort.class_names,
              "encoder": {"lr": cohort.lr_encoder, "hr": cohort.hr_encoder,
-                         "seed": cohort.encoder_seed}, "r": cohort.r}
+                         "seed": cohort.encoder_seed}, "r": cohort.r, **_geometry(cfg, cohort)}
     save_config(cfg, path, extra)
+
+
+def _geometry(cfg: DistillConfig, cohort: Cohort) -> dict[str, Any]:
+    """What inference needs to tile and read slides as training did, where the files say it."""
+    from lrmil.tiling import read_coords
+
+    attrs, out = cohort.lr_attrs, {}
+    if "patch_size" in attrs:
+        out["patch_size"] = int(attrs["patch_size"])
+    if "magnification" in attrs:
+        out["lr_magnification"] = float(attrs["magnification"])
+    first = cohort.slides[cohort.names[0]]
+    coords = Path(cfg.tiled) / "coords" / f"{first.name}.h5" if cfg.tiled else first.coords_path
+    if coords is not None and Path(coords).is_file():
+        out["tiling"] = read_coords(coords).config.to_dict()
+    return out
 
 
 def _splits(cfg: DistillConfig, cohort: Cohort, out: Path) -> list[Fold]:

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader
 
+from lrmil.data import PatchDataset
 from lrmil.distill.checkpoint import load_state, save_module
 from lrmil.distill.cohort import Cohort, SlideFeatures
 from lrmil.distill.config import DistillConfig, Stage1Config
@@ -178,64 +179,51 @@ def load_adapter(path: Path) -> Adapter:
 # ----------------------------------------------------------------------------- encoder mode
 
 
-class LRPatches(Dataset):
-    """LR patches read from the slides through the coords files; (uint8 (P, P, 3), index)."""
-
-    def __init__(self, items: list[tuple[str, int, int]], size0: dict[str, int],
-                 paths: dict[str, str], patch_size: int) -> None:
-        self.items, self.size0, self.paths, self.patch_size = items, size0, paths, patch_size
-        self._open: dict = {}  # per worker process: slide name -> open Slide
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        from lrmil.wsi import open_slide
-
-        name, x0, y0 = self.items[i]
-        if name not in self._open:
-            self._open[name] = open_slide(self.paths[name])
-        patch = self._open[name].read_region(x0, y0, self.size0[name], self.patch_size)
-        return torch.from_numpy(np.ascontiguousarray(patch)), i
-
-
 @dataclass
 class SlideGeometry:
+    """Where and how to read each slide's LR patches (from its coords file)."""
+
     paths: dict[str, str]
-    size0: dict[str, int]
+    size0: dict[str, int]  # LR patch side in level-0 pixels
+    mpp: dict[str, float]
     patch_size: int
 
 
 def slide_geometry(cohort: Cohort, tiled: str | None) -> SlideGeometry:
-    """Slide paths and LR patch sizes from the coords files, checked against the features."""
-    if tiled is None:
-        raise ConfigError("stage1.mode=encoder reads LR pixels: give --tiled DIR (the folder "
-                          "lrmil tile wrote) or use stage1.mode=adapter")
+    """From `TILED/coords/<slide>.h5`, or the coords file the LR features name in their attrs;
+    checked against the features' coords."""
     from lrmil.tiling import read_coords
 
-    paths, size0, patch = {}, {}, set()
+    paths, size0, mpp, patch = {}, {}, {}, set()
     for name, slide in cohort.slides.items():
-        path = Path(tiled) / "coords" / f"{name}.h5"
-        if not path.is_file():
+        path = Path(tiled) / "coords" / f"{name}.h5" if tiled else slide.coords_path
+        if path is None:
+            raise ConfigError("stage1.mode=encoder reads LR pixels but the LR features do not "
+                              "name their coords file: give --tiled DIR (the folder lrmil tile "
+                              "wrote) or use stage1.mode=adapter")
+        if not Path(path).is_file():
             raise FileFormatError(f"slide {name!r} has no coords file {path}")
         coords = read_coords(path)
         if not np.array_equal(np.asarray(coords.coords), slide.lr_coords):
             raise FileFormatError(f"coords file {path} does not match the LR features of slide "
                                   f"{name!r} (different patches): re-run lrmil embed")
         paths[name], size0[name] = coords.slide_path, coords.lr_patch_size_level0
+        mpp[name] = coords.level0_mpp
         patch.add(coords.patch_size)
     if len(patch) != 1:
-        raise FileFormatError(f"coords files in {tiled} mix patch sizes {sorted(patch)}")
-    return SlideGeometry(paths, size0, patch.pop())
+        raise FileFormatError(f"the coords files mix patch sizes {sorted(patch)}")
+    return SlideGeometry(paths, size0, mpp, patch.pop())
 
 
-def _loader(cohort: Cohort, geo: SlideGeometry, items: list[tuple[str, int, int]],
-            cfg: Stage1Config, shuffle_seed: int | None) -> DataLoader:
-    dataset = LRPatches(items, geo.size0, geo.paths, geo.patch_size)
-    generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
-    return DataLoader(dataset, batch_size=cfg.batch_patches, shuffle=generator is not None,
-                      generator=generator, num_workers=cfg.read_workers,
-                      persistent_workers=False)
+class _Indexed(ConcatDataset):
+    """Patches of several slides; items carry their index in the concatenation."""
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return super().__getitem__(i)[0], i
+
+
+def _patches(geo: SlideGeometry, name: str, coords: np.ndarray) -> PatchDataset:
+    return PatchDataset(geo.paths[name], coords, geo.size0[name], geo.patch_size, geo.mpp[name])
 
 
 def _encoder(cohort: Cohort, train_names: list[str],
@@ -263,16 +251,22 @@ def _encoder(cohort: Cohort, train_names: list[str],
             raise FileFormatError(f"HR features of slide {missing[0]!r} lack layers/{layer} "
                                   "(embed HR with --layers)")
     targets = gather_targets(cohort, train_names, teacher, layers)
-    items = [(name, *map(int, cohort.slides[name].lr_coords[row]))
-             for name, row in zip(targets.slide, targets.row.tolist(), strict=True)]
+    # Target rows are grouped by slide: one PatchDataset per slide, concatenated in that order.
+    rows: dict[str, list[int]] = {}
+    for name, row in zip(targets.slide, targets.row.tolist(), strict=True):
+        rows.setdefault(name, []).append(row)
+    dataset = _Indexed([_patches(geo, n, cohort.slides[n].lr_coords[r]) for n, r in rows.items()])
 
     encoder.to(device)
     model = encoder.model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    steps_per_epoch = -(-len(items) // s1.batch_patches)
+    steps_per_epoch = -(-len(dataset) // s1.batch_patches)
     optimizer, schedule = _optimise(params, s1, s1.epochs * steps_per_epoch)
     for epoch in range(s1.epochs):
-        for patches, idx in _loader(cohort, geo, items, s1, seed + epoch):
+        loader = DataLoader(dataset, batch_size=s1.batch_patches, shuffle=True,
+                            generator=torch.Generator().manual_seed(seed + epoch),
+                            num_workers=s1.read_workers)
+        for patches, idx in loader:
             with autocast(device):
                 s, grids, _ = encoder.forward_features(encoder.preprocess(patches.to(device)),
                                                        layers)
@@ -287,22 +281,9 @@ def _encoder(cohort: Cohort, train_names: list[str],
     model.eval()
     save_module(model, fold_dir / "stage1_encoder.safetensors",
                 {"encoder": encoder.name, "layers": layers, "seed": cohort.encoder_seed})
-    return _embed_all(cohort, geo, encoder, s1, device)
+    # Re-embed every LR patch of every slide exactly as `lrmil embed` (and inference) does.
+    from lrmil.embed import encode_dataset
 
-
-@torch.no_grad()
-def _embed_all(cohort: Cohort, geo: SlideGeometry, encoder, cfg: Stage1Config,
-               device: torch.device) -> dict[str, torch.Tensor]:
-    """Re-embed every LR patch of every slide with the distilled encoder."""
-    items = [(name, int(x), int(y)) for name in cohort.names
-             for x, y in cohort.slides[name].lr_coords]
-    out = torch.empty(len(items), encoder.dim)
-    for patches, idx in _loader(cohort, geo, items, cfg, None):
-        with autocast(device):
-            out[idx] = encoder.encode(patches.to(device)).float().cpu()
-    features, start = {}, 0
-    for name in cohort.names:
-        n = cohort.slides[name].lr.shape[0]
-        features[name] = out[start:start + n]
-        start += n
-    return features
+    return {name: torch.from_numpy(encode_dataset(
+        _patches(geo, name, slide.lr_coords), encoder, batch_size=s1.batch_patches,
+        workers=s1.read_workers, device=device)[0]) for name, slide in cohort.slides.items()}
