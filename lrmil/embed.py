@@ -195,6 +195,8 @@ def embed_slides(
     common = {
         "encoder": encoder.name,
         "encoder_digest": encoder_digest(encoder),
+        "seed": seed,  # a built-in's initialisation (distill rebuilds the LR encoder from it)
+        "weights": "" if weights is None else str(Path(weights).resolve()),
         "dim": encoder.dim,
         "dtype": dtype,
         "layers": json.dumps(list(layers)),

@@ -40,6 +40,7 @@ def test_embed_both_magnifications_then_resume(tiled, tmp_path):
         np.testing.assert_array_equal(lr.coords, ts.coords)
         assert hr.attrs["magnification"] == 20.0 and lr.attrs["magnification"] == 5.0
         assert lr.attrs["encoder"] == "lrmil-cnn" and hr.attrs["patch_size"] == 64
+        assert lr.attrs["seed"] == 0 and lr.attrs["weights"] == "" and hr.attrs["r"] == 4
         # Every valid child exactly once, linked to its parent row and child index.
         assert len(hr) == ts.hr_valid.sum()
         assert ts.hr_valid[hr.parent, hr.child].all()
@@ -89,3 +90,18 @@ def test_parse_encoder_args():
     }
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_encoder_args(["novalue"])
+
+
+def test_weights_round_trip_through_the_cli(tiled, tmp_path):
+    from safetensors.torch import save_file
+
+    from lrmil.encoders import build
+
+    save_file(build("lrmil-vit-tiny", seed=3).model.state_dict(), str(tmp_path / "w.safetensors"))
+    args = [tiled, "--encoder", "lrmil-vit-tiny", "--mag", "lr"]
+    assert _embed(*args, "--out", tmp_path / "a", "--seed", "3").exit_code == 0
+    result = _embed(*args, "--out", tmp_path / "b", "--weights", tmp_path / "w.safetensors")
+    assert result.exit_code == 0, result.output
+    a, b = (read_features(tmp_path / d / "lr" / "s1.h5") for d in "ab")
+    np.testing.assert_array_equal(a.features, b.features)
+    assert b.attrs["weights"] == str(tmp_path / "w.safetensors")
