@@ -5,6 +5,7 @@ conversion, un-premultiplying in Python, its tile cache). Pixels are identical t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +35,30 @@ def _usable(page) -> bool:
     )
 
 
+def _open(path: Path):
+    import tifffile
+
+    tif = tifffile.TiffFile(path)
+    tif.filehandle.set_lock(True)  # reads may come from several threads (like OpenSlide)
+    return tif
+
+
 class TiledTiff:
-    def __init__(self, path: Path, tif, pages: list) -> None:
+    def __init__(self, path: Path, tif, page_indices: list[int]) -> None:
         self._path = path
+        self._page_indices = page_indices
+        self._attach(tif)
+
+    def _attach(self, tif) -> None:
         self._tif = tif
-        self._pages = pages
+        self._pages = [tif.pages[i] for i in self._page_indices]
+        self._pid = os.getpid()
+
+    def _check_process(self) -> None:
+        # A forked child (a DataLoader worker) shares the parent's file offset: seek-and-read
+        # from both would interleave, so the child opens its own handle.
+        if self._pid != os.getpid():
+            self._attach(_open(self._path))
 
     @classmethod
     def open(
@@ -48,26 +68,25 @@ class TiledTiff:
         tiled TIFF pyramid (then OpenSlide reads everything)."""
         if vendor not in FAST_VENDORS:
             return None
-        import tifffile
-
         try:
-            tif = tifffile.TiffFile(path)
+            tif = _open(path)
         except Exception:  # OpenSlide opened it; leave any oddity to OpenSlide
             return None
-        pages = []
-        candidates = [p for p in tif.pages if p.is_tiled]
+        indices = []
+        candidates = [(i, p) for i, p in enumerate(tif.pages) if p.is_tiled]
         for width, height in level_dimensions:
-            page = next(
-                (p for p in candidates if (p.imagewidth, p.imagelength) == (width, height)), None
+            found = next(
+                (i for i, p in candidates if (p.imagewidth, p.imagelength) == (width, height)), None
             )
-            if page is None or not _usable(page):
+            if found is None or not _usable(tif.pages[found]):
                 tif.close()
                 return None
-            pages.append(page)
-        return cls(path, tif, pages)
+            indices.append(found)
+        return cls(path, tif, indices)
 
     def read(self, level: int, lx: int, ly: int, width: int, height: int) -> np.ndarray:
         """(height, width, 3) uint8 of level `level` from level pixel (lx, ly); white outside."""
+        self._check_process()
         page = self._pages[level]
         tw, th = page.tilewidth, page.tilelength
         out = np.full((height, width, 3), 255, np.uint8)

@@ -151,3 +151,25 @@ def test_direct_tile_reads_equal_openslide(which, real_slide_path, synth_slide_p
                 theirs = np.asarray(Image.alpha_composite(white, theirs).convert("RGB"))
                 np.testing.assert_array_equal(ours, theirs, err_msg=f"level {level} at {x},{y}")
     reference.close()
+
+
+_forked_slide = None
+
+
+def _read_in_child(x: int) -> bytes:
+    return _forked_slide.read_region(x, 0, 512, 128).tobytes()
+
+
+def test_a_slide_opened_before_fork_reads_correctly_in_children(synth_slide_path):
+    """DataLoader workers fork with the slide already open: each must read on its own."""
+    import multiprocessing
+
+    global _forked_slide
+    with open_slide(synth_slide_path) as slide:
+        xs = [0, 512, 1024, 1536] * 8
+        want = [slide.read_region(x, 0, 512, 128).tobytes() for x in xs]
+        _forked_slide = slide
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            got = pool.map(_read_in_child, xs, chunksize=1)
+        _forked_slide = None
+    assert got == want
