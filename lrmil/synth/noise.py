@@ -3,6 +3,8 @@ renders the same pixels whatever the order or the neighbours it is rendered with
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -22,19 +24,44 @@ def hash_uniform(seed: int, *keys: np.ndarray) -> np.ndarray:
     return (h >> np.uint64(40)).astype(np.float32) * np.float32(1.0 / (1 << 24))
 
 
-def _nodes(coords: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Lattice node left of each coordinate, and the smooth-step weight of the right node."""
-    f = np.asarray(coords, np.float64) / scale
+def _nodes(coords: np.ndarray, spacing: float, smooth: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Lattice node left of each coordinate, and the weight of the right node (smooth-step or
+    linear)."""
+    f = np.asarray(coords, np.float64) / spacing
     i = np.floor(f)
     t = (f - i).astype(np.float32)
-    return i.astype(np.int64), t * t * (3 - 2 * t)
+    return i.astype(np.int64), t * t * (3 - 2 * t) if smooth else t
+
+
+def interpolate(
+    lattice: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    xs: np.ndarray,
+    ys: np.ndarray,
+    spacing: float,
+    smooth: bool = True,
+) -> np.ndarray:
+    """Interpolate values given at the lattice nodes (j * spacing) to the grid ys x xs:
+    `lattice(jy (m, 1), jx (1, n)) -> (m, n)` is called once on the few nodes needed; x first,
+    on those rows, then y by whole-row gathers (cheap, contiguous). No BLAS: a matrix product
+    would be as fast on one thread but stalls when OpenBLAS threads compete on a busy machine.
+    The result at a point depends only on its global coordinates, never on the grid's extent."""
+    ix, tx = _nodes(xs, spacing, smooth)
+    iy, ty = _nodes(ys, spacing, smooth)
+    x_first, y_first = int(ix.min()), int(iy.min())
+    jy = np.arange(y_first, int(iy.max()) + 2)[:, None]
+    jx = np.arange(x_first, int(ix.max()) + 2)[None, :]
+    values = np.asarray(lattice(jy, jx), np.float32)
+    rx = ix - x_first
+    left = values[:, rx]
+    columns = left + tx * (values[:, rx + 1] - left)  # (lattice rows, len(xs))
+    ry = iy - y_first
+    top = columns[ry]
+    return top + ty[:, None] * (columns[ry + 1] - top)
 
 
 class ValueNoise:
-    """Smooth value noise in [-1, 1] on a lattice of spacing `scale` pixels: hashed lattice
-    values, smooth-step interpolated along x on the few lattice rows needed, then along y by
-    whole-row gathers (cheap, contiguous). No BLAS: a matrix product would be as fast on one
-    thread but stalls when OpenBLAS threads compete on a busy machine."""
+    """Smooth value noise in [-1, 1]: hashed values on a lattice of spacing `scale` pixels,
+    smooth-step interpolated."""
 
     def __init__(self, seed: int, scale: float) -> None:
         self.seed = seed
@@ -42,15 +69,6 @@ class ValueNoise:
 
     def grid(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         """Noise at every (y, x) of the grid ys x xs: shape (len(ys), len(xs)), float32."""
-        ix, tx = _nodes(xs, self.scale)
-        iy, ty = _nodes(ys, self.scale)
-        x_first, y_first = int(ix.min()), int(iy.min())
-        jy = np.arange(y_first, int(iy.max()) + 2)[:, None]
-        jx = np.arange(x_first, int(ix.max()) + 2)[None, :]
-        lattice = hash_uniform(self.seed, jy, jx) * 2 - 1
-        rx = ix - x_first
-        left = lattice[:, rx]
-        columns = left + tx * (lattice[:, rx + 1] - left)  # (lattice rows, len(xs))
-        ry = iy - y_first
-        top = columns[ry]
-        return top + ty[:, None] * (columns[ry + 1] - top)
+        return interpolate(
+            lambda jy, jx: hash_uniform(self.seed, jy, jx) * 2 - 1, xs, ys, self.scale
+        )
