@@ -113,26 +113,39 @@ def _hooked_encoder(
 
 
 def build_timm(name: str, arch: str, weights: str | None, model_kwargs: dict[str, Any]) -> Encoder:
+    """`model_kwargs` go to timm.create_model, except `mean` and `std` (the normalisation;
+    default: the model's pretrained config)."""
     timm = _import("timm", name)
+    kwargs = dict(model_kwargs)
+    mean, std = kwargs.pop("mean", None), kwargs.pop("std", None)
     try:
-        model = timm.create_model(arch, pretrained=False, num_classes=0, **model_kwargs)
-    except RuntimeError as exc:  # timm's "Unknown model"
+        try:  # ViTs: interpolate position embeddings for any patch size, unless told otherwise
+            model = timm.create_model(
+                arch, pretrained=False, num_classes=0, **{"dynamic_img_size": True, **kwargs}
+            )
+        except TypeError:  # an architecture without that option (CNNs)
+            if "dynamic_img_size" in kwargs:
+                raise
+            model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+    except (RuntimeError, TypeError) as exc:  # "Unknown model", a wrong argument
         raise ConfigError(f"encoder {name}: {exc}") from None
     if weights is not None:
         load_weights(model, weights, name, ignore_prefixes=HEAD_PREFIXES)
     cfg = getattr(model, "pretrained_cfg", {}) or {}
-    probe = int(cfg.get("input_size", (3, 224, 224))[-1])
-    return _hooked_encoder(
-        name, model, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD), probe
-    )
+    native = getattr(getattr(model, "patch_embed", None), "img_size", None)  # ViT's own size
+    probe = int(native[0]) if native else int(cfg.get("input_size", (3, 224, 224))[-1])
+    mean = mean or cfg.get("mean", IMAGENET_MEAN)
+    return _hooked_encoder(name, model, mean, std or cfg.get("std", IMAGENET_STD), probe)
 
 
 def build_torchvision(
     name: str, arch: str, weights: str | None, model_kwargs: dict[str, Any]
 ) -> Encoder:
     models = _import("torchvision.models", name)
+    kwargs = dict(model_kwargs)
+    mean, std = kwargs.pop("mean", IMAGENET_MEAN), kwargs.pop("std", IMAGENET_STD)
     try:
-        model = models.get_model(arch, weights=None, **model_kwargs)
+        model = models.get_model(arch, weights=None, **kwargs)
     except (ValueError, KeyError) as exc:
         raise ConfigError(f"encoder {name}: {exc}") from None
     for head in ("fc", "classifier", "heads"):
@@ -140,4 +153,4 @@ def build_torchvision(
             setattr(model, head, nn.Identity())
     if weights is not None:
         load_weights(model, weights, name, ignore_prefixes=HEAD_PREFIXES)
-    return _hooked_encoder(name, model, IMAGENET_MEAN, IMAGENET_STD, probe=224)
+    return _hooked_encoder(name, model, mean, std, probe=224)

@@ -10,13 +10,16 @@ Layers of the built-ins (G = grid side at patch size 64 / 256; all divisible by 
 |                  |     | stage3 | 128 | 16     | 4    | 16    |
 | `lrmil-vit-tiny` | 192 | block1..block4 | 192 | 16 | 4 | 16    |
 
-Foundation models from a local checkpoint (nothing is downloaded; timm must be installed):
+Foundation models from a local checkpoint (nothing is ever downloaded; timm must be installed):
 
-    build("timm:vit_large_patch16_224", weights="UNI/pytorch_model.bin",
-          model_kwargs={"init_values": 1e-5, "dynamic_img_size": True})          # UNI
-    build("timm:vit_base_patch16_224", weights="CONCH/pytorch_model.bin",
-          model_kwargs={"dynamic_img_size": True})   # CONCH's vision tower: the keys under
-                                                     # `visual.trunk.` are found and used
+    build("uni", weights="UNI/pytorch_model.bin")        # UNI: timm ViT-L/16, init_values 1e-5
+    build("conch-vit-b16", weights="CONCH/pytorch_model.bin")  # CONCH's vision tower (ViT-B/16,
+                                     # 448 px): the keys under `visual.trunk.` are found and used
+    lrmil embed TILED --encoder uni --weights UNI/pytorch_model.bin --out FEAT
+
+Any other timm / torchvision model: `timm:<model>` with `model_kwargs` (CLI `--encoder-arg
+KEY=VALUE`) passed to its constructor, plus `mean` / `std` for the normalisation. timm ViTs are
+built with `dynamic_img_size=True` (position embeddings interpolated for any patch size).
 """
 
 from __future__ import annotations
@@ -40,6 +43,19 @@ Builder = Callable[[int], nn.Module]
 # forward(x) -> (B, dim) and forward_layers(x, layers).
 BUILTINS: dict[str, Builder] = {"lrmil-cnn": CompactCNN, "lrmil-vit-tiny": TinyViT}
 PREFIXES = ("timm:", "torchvision:")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Foundation models: a timm architecture, its arguments and normalisation; weights required.
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "uni": (
+        "vit_large_patch16_224",
+        {"init_values": 1e-5, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+    ),
+    "conch-vit-b16": (
+        "vit_base_patch16_224",
+        {"img_size": 448, "mean": CLIP_MEAN, "std": CLIP_STD},
+    ),
+}
 
 
 def register(name: str, builder: Builder) -> None:
@@ -48,7 +64,7 @@ def register(name: str, builder: Builder) -> None:
 
 
 def known_encoders() -> list[str]:
-    return [*BUILTINS, *(f"{p}<model>" for p in PREFIXES)]
+    return [*BUILTINS, *PRESETS, *(f"{p}<model>" for p in PREFIXES)]
 
 
 def _builtin(name: str, weights: str | Path | None, seed: int) -> Encoder:
@@ -81,6 +97,15 @@ def build(
         if kwargs:
             raise ConfigError(f"encoder {name} takes no model arguments, got {', '.join(kwargs)}")
         return _builtin(name, weights, seed)
+    if name in PRESETS:
+        if weights is None:
+            raise ConfigError(
+                f"encoder {name} needs its weights file (--weights): nothing is downloaded"
+            )
+        from lrmil.encoders.external import build_timm
+
+        arch, preset = PRESETS[name]
+        return build_timm(name, arch, str(weights), {**preset, **kwargs})
     prefix, _, arch = name.partition(":")
     if arch and prefix == "timm":
         from lrmil.encoders.external import build_timm

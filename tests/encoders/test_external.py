@@ -19,9 +19,13 @@ CALLS = []
 def _fake_timm():
     def create_model(arch, pretrained, num_classes, **kwargs):
         CALLS.append((arch, pretrained, num_classes, kwargs))
+        if arch == "small_resnet":
+            if "dynamic_img_size" in kwargs:
+                raise TypeError("__init__() got an unexpected keyword argument 'dynamic_img_size'")
+            return SmallResNet()
         if arch != "tiny_vit_64":
             raise RuntimeError(f"Unknown model ({arch})")
-        model = TinyViT(seed=kwargs.get("seed", 0), native_grid=4)
+        model = TinyViT(native_grid=4)
         model.pretrained_cfg = {"input_size": (3, 64, 64), "mean": (0.5,) * 3, "std": (0.25,) * 3}
         return model
 
@@ -55,8 +59,8 @@ def fake_torchvision(monkeypatch):
 
 
 def test_timm_vit_layers_from_hooks(fake_timm):
-    enc = build("timm:tiny_vit_64", model_kwargs={"dynamic_img_size": True})
-    assert CALLS == [("tiny_vit_64", False, 0, {"dynamic_img_size": True})]
+    enc = build("timm:tiny_vit_64", model_kwargs={"init_values": 1e-5})
+    assert CALLS == [("tiny_vit_64", False, 0, {"dynamic_img_size": True, "init_values": 1e-5})]
     assert enc.layers == ("block1", "block2", "block3", "block4") and enc.dim == 192
     assert enc.grid_size("block4", 64) == 4
     x = torch.randn(2, 3, 64, 64)
@@ -80,6 +84,14 @@ def test_timm_checkpoint_under_a_prefix_with_a_head(fake_timm, tmp_path):
         assert torch.equal(enc.model(x), trained.eval()(x))
 
 
+def test_timm_cnn_without_dynamic_img_size(fake_timm):
+    enc = build("timm:small_resnet")
+    assert CALLS[-1] == ("small_resnet", False, 0, {})
+    assert enc.layers == ("conv1", "layer1", "layer2")
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'dynamic_img_size'"):
+        build("timm:small_resnet", model_kwargs={"dynamic_img_size": True})
+
+
 def test_timm_bad_name_and_bad_weights(fake_timm, tmp_path):
     with pytest.raises(ConfigError, match="timm:nope: Unknown model"):
         build("timm:nope")
@@ -98,3 +110,19 @@ def test_torchvision_cnn_stages(fake_torchvision):
     assert grids["layer2"].shape == (2, 8, 8, 32)
     assert torch.allclose(pooled["layer2"], grids["layer2"].mean(dim=(1, 2)))
     assert torch.allclose(emb, enc.model(x))
+
+
+def test_presets_need_weights_and_pass_normalisation(fake_timm, monkeypatch, tmp_path):
+    from lrmil.encoders import registry
+
+    with pytest.raises(ConfigError, match="encoder uni needs its weights file"):
+        build("uni")
+    monkeypatch.setitem(
+        registry.PRESETS,
+        "uni",
+        ("tiny_vit_64", {"init_values": 1e-5, "mean": (0.0,) * 3, "std": (1.0,) * 3}),
+    )
+    save_file(TinyViT(native_grid=4).state_dict(), str(tmp_path / "uni.safetensors"))
+    enc = build("uni", weights=tmp_path / "uni.safetensors")
+    assert CALLS[-1] == ("tiny_vit_64", False, 0, {"dynamic_img_size": True, "init_values": 1e-5})
+    assert enc.name == "uni" and torch.equal(enc.preprocess.std.flatten(), torch.full((3,), 255.0))
