@@ -24,6 +24,13 @@ namespace {
 
 constexpr int64_t kColumnBlock = 64;   // columns of x per pooling item (256 B of fp32)
 constexpr int64_t kRowChunk = 512;     // rows per partial sum of grad_w (fixed: determinism)
+// Below this many element operations a call runs on one thread: forking and joining threads
+// costs more than it saves on small bags (and much more on a busy machine).
+constexpr int64_t kParallelWork = int64_t(1) << 18;
+
+bool worth_threads(const AttentionPoolParams& p) {
+  return p.n_rows * (2 * p.hidden + p.dim) >= kParallelWork;
+}
 
 // sum_l w_l tanh(v_l) sigmoid(u_l): kept out of the OpenMP region, where GCC vectorises it.
 template <typename S>
@@ -41,7 +48,7 @@ void compute_logits(const AttentionPoolParams& p, acc_t<S>* logits) {
   const A* w = static_cast<const A*>(p.w);
   const A b_w = *static_cast<const A*>(p.b_w);
   const int64_t L = p.hidden;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(p))
   for (int64_t t = 0; t < p.n_rows; ++t) {
     const S* v = proj + t * p.proj_row_stride;
     logits[t] = gate_dot(v, v + L, w, L) + b_w;
@@ -50,9 +57,10 @@ void compute_logits(const AttentionPoolParams& p, acc_t<S>* logits) {
 
 // attn = softmax of the logits within each bag.
 template <typename A>
-void bag_softmax(const int64_t* offsets, int64_t n_bags, const A* logits, A* attn) {
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t b = 0; b < n_bags; ++b) {
+void bag_softmax(const AttentionPoolParams& p, const A* logits, A* attn) {
+  const int64_t* offsets = p.offsets;
+#pragma omp parallel for schedule(dynamic, 1) if (worth_threads(p))
+  for (int64_t b = 0; b < p.n_bags; ++b) {
     const int64_t start = offsets[b], end = offsets[b + 1];
     A max_logit = -INFINITY;
     for (int64_t t = start; t < end; ++t) max_logit = std::max(max_logit, logits[t]);
@@ -73,7 +81,7 @@ void pool(const AttentionPoolParams& p, const acc_t<S>* attn) {
   const S* x = static_cast<const S*>(p.x);
   S* pooled = static_cast<S*>(p.pooled);
   const int64_t blocks = (p.dim + kColumnBlock - 1) / kColumnBlock;
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (worth_threads(p))
   for (int64_t item = 0; item < p.n_bags * blocks; ++item) {
     const int64_t b = item / blocks;
     const int64_t c0 = (item % blocks) * kColumnBlock;
@@ -96,7 +104,7 @@ void forward(const AttentionPoolParams& p) {
   A* logits = static_cast<A*>(p.logits);
   A* attn = static_cast<A*>(p.attn);
   compute_logits<S>(p, logits);
-  bag_softmax(p.offsets, p.n_bags, logits, attn);
+  bag_softmax(p, logits, attn);
   pool<S>(p, attn);
 }
 
@@ -111,7 +119,7 @@ void attn_grad_and_grad_x(const AttentionPoolParams& p, acc_t<S>* grad_a) {
   const A* grad_attn = static_cast<const A*>(p.grad_attn);
   S* grad_x = static_cast<S*>(p.grad_x);
   const int64_t D = p.dim;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_threads(p))
   for (int64_t t = 0; t < p.n_rows; ++t) {
     const S* g = gp + bag_of_row(p.offsets, p.n_bags, t) * p.grad_pooled_row_stride;
     const S* row = x + t * p.x_row_stride;
@@ -133,7 +141,7 @@ template <typename A>
 void bag_softmax_backward(const AttentionPoolParams& p, A* grad) {
   const A* attn = static_cast<const A*>(p.attn);
   const A* grad_logits = static_cast<const A*>(p.grad_logits);
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (worth_threads(p))
   for (int64_t b = 0; b < p.n_bags; ++b) {
     const int64_t start = p.offsets[b], end = p.offsets[b + 1];
     A weighted = 0;
@@ -155,7 +163,7 @@ void gate_backward(const AttentionPoolParams& p, const acc_t<S>* grad_logit) {
   const int64_t L = p.hidden;
   const int64_t chunks = (p.n_rows + kRowChunk - 1) / kRowChunk;
   std::vector<A> partial(static_cast<size_t>(chunks * (L + 1)), A(0));
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (worth_threads(p))
   for (int64_t c = 0; c < chunks; ++c) {
     A* gw = partial.data() + c * (L + 1);
     const int64_t end = std::min(p.n_rows, (c + 1) * kRowChunk);
