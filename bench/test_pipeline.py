@@ -34,7 +34,7 @@ from lrmil.mil import GatedABMIL
 from lrmil.tiling import TilingConfig, tile_slide
 from lrmil.wsi import open_slide
 
-SIDE = int(os.environ.get("LRMIL_BENCH_PIPELINE_SIDE", "4096"))
+SIDE = int(os.environ.get("LRMIL_BENCH_PIPELINE_SIDE", "8192"))
 CACHE = Path(os.environ.get("LRMIL_BENCH_DIR", "/tmp/lrmil_bench"))
 ENCODER = "lrmil-cnn"
 WORKERS = 2

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name
 def _export(module: nn.Module, example: torch.Tensor, path: Path, input_name: str,
             output_names: list[str], axis_name: str) -> tuple[str, str | None]:
     quiet = contextlib.redirect_stdout(io.StringIO())  # the exporter prints its progress
-    with warnings.catch_warnings(), quiet:
+    with warnings.catch_warnings(), quiet, _quiet_loggers("torch.onnx", "onnx_ir", "onnxscript"):
         warnings.simplefilter("ignore")
         try:
             program = torch.onnx.export(
@@ -68,6 +69,20 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, input_name: st
             output_names=output_names, dynamic_axes=axes,
         )
         return "torchscript", note
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str) -> Iterator[None]:
+    """Silence the exporters' warnings about ops lrmil never uses (torchvision, ...)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def check_onnx(path: Path, module: nn.Module, inputs: Sequence[torch.Tensor], input_name: str,
