@@ -14,6 +14,7 @@ from PIL import Image
 
 from lrmil.errors import ConfigError
 from lrmil.tiling import TilingConfig, read_coords, tile_slide, tile_slides
+from lrmil.tiling.thumbnail import CONTOUR, GRID
 from lrmil.tiling.tissue import saturation
 from lrmil.wsi import open_slide
 
@@ -63,8 +64,10 @@ def test_tile_slide_writes_readable_outputs(which, real_slide_path, synth_slide_
         assert json.loads(f.attrs["lrmil_versions"])["lrmil"]
         assert set(json.loads(f.attrs["tissue_params"])) >= {"min_tissue_mm2", "mask_mag"}
         assert f.attrs["slide_mtime"] == slide.stat().st_mtime
-    thumb = Image.open(tmp_path / "thumbnails" / f"{slide.stem}.png")
-    assert min(thumb.size) > 100
+    thumb = np.asarray(Image.open(tmp_path / "thumbnails" / f"{slide.stem}.png").convert("RGB"))
+    assert min(thumb.shape[:2]) >= 256
+    drawn = {colour: (thumb == colour).all(axis=2).sum() for colour in (GRID, CONTOUR)}
+    assert drawn[GRID] > 100 and drawn[CONTOUR] > 100  # the grid and the tissue contour
 
 
 def test_children_validity_follows_their_own_tissue(real_slide_path):
