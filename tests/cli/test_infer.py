@@ -55,3 +55,50 @@ def test_missing_model_and_conflicting_options_are_refused(run, tmp_path):
 def test_help_lists_the_engines():
     result = _invoke("infer", "--help")
     assert result.exit_code == 0 and "torch" in result.output and "trt" in result.output
+
+
+@pytest.fixture
+def tiny_run(tmp_path, monkeypatch, tiny_lr_model):
+    """A run folder whose student is the tiny model (load_student patched): the CLI's success
+    path without training anything."""
+    from types import SimpleNamespace
+
+    import lrmil.distill
+    from lrmil import __version__
+
+    encoder, head, meta = tiny_lr_model
+    run = tmp_path / "tiny_run"
+    (run / "fold_1").mkdir(parents=True)
+    (run / "fold_1" / "student.safetensors").write_bytes(b"weights")
+    config = {"versions": {"lrmil": __version__}, "class_names": meta.class_names,
+              "patch_size": meta.patch_size, "lr_magnification": meta.magnification}
+    (run / "config.json").write_text(json.dumps(config))
+    student = SimpleNamespace(name=meta.encoder, dim=meta.feature_dim,
+                              preprocess=encoder.preprocess, model=encoder.model)
+    monkeypatch.setattr(lrmil.distill, "load_student",
+                        lambda run, fold=None: (student, head.mil, config))
+    return run
+
+
+def test_export_then_infer_with_each_engine(tiny_run, synth_negative_slide_path, tmp_path):
+    import csv
+
+    result = _invoke("export", tiny_run)
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in (tiny_run / "export").iterdir()} == {
+        "encoder.onnx", "encoder.onnx.json", "mil.onnx", "mil.onnx.json"}
+    probs = {}
+    for engine in ("onnx", "torch"):
+        out = tmp_path / engine
+        result = _invoke("infer", synth_negative_slide_path, "--model", tiny_run, "--out", out,
+                         "--engine", engine, "--workers", "0")
+        assert result.exit_code == 0, result.output
+        with open(out / "predictions.csv", newline="") as f:
+            (row,) = list(csv.DictReader(f))
+        probs[engine] = [float(row[f"prob_{c}"]) for c in ("class0", "class1", "class2")]
+        assert (out / "heatmaps" / "negative.png").is_file()
+    assert max(abs(a - b) for a, b in zip(probs["onnx"], probs["torch"], strict=True)) < 1e-5
+    (tiny_run / "fold_1" / "student.safetensors").write_bytes(b"retrained")
+    result = _invoke("infer", synth_negative_slide_path, "--model", tiny_run, "--out",
+                     tmp_path / "stale")
+    assert result.exit_code == 1 and "weights changed since this export" in result.output
