@@ -17,6 +17,8 @@ from lrmil.wsi.mpp import resolve_mpp
 LEVEL_TOLERANCE = 0.02
 # Asking for more than 5% above the scan's magnification is an error, not an upsampling.
 MAG_TOLERANCE = 0.05
+# Reads that must be reduced and exceed this many level pixels (~200 MB RGB) go in strips.
+MAX_READ_PIXELS = 1 << 26
 
 
 class Slide:
@@ -71,10 +73,23 @@ class Slide:
         level = self.best_level(min(w0 / out_w, h0 / out_h))
         d = self.level_downsamples[level]
         lw, lh = max(1, round(w0 / d)), max(1, round(h0 / d))
-        pixels = self._backend.read(level, int(x0), int(y0), lw, lh)
         if (lw, lh) == (out_w, out_h):
-            return pixels
-        return np.asarray(_resize(Image.fromarray(pixels), out_w, out_h))
+            return self._backend.read(level, int(x0), int(y0), lw, lh)
+        if lw * lh <= MAX_READ_PIXELS:
+            pixels = self._backend.read(level, int(x0), int(y0), lw, lh)
+            return np.asarray(_resize(Image.fromarray(pixels), out_w, out_h))
+        # A huge reduction (a thumbnail of a slide without a small level): horizontal strips,
+        # each read and reduced on its own, so memory stays bounded. Strips start on multiples
+        # of an integer reduction factor, so the result equals a single read.
+        out = np.empty((out_h, out_w, 3), np.uint8)
+        factor = lh / out_h
+        rows = max(1, int(MAX_READ_PIXELS / lw / factor))
+        for r0 in range(0, out_h, rows):
+            r1 = min(r0 + rows, out_h)
+            l0, l1 = round(r0 * factor), round(r1 * factor)
+            strip = self._backend.read(level, int(x0), int(y0 + l0 * d), lw, max(1, l1 - l0))
+            out[r0:r1] = np.asarray(_resize(Image.fromarray(strip), out_w, r1 - r0))
+        return out
 
     def read_region(self, x0: int, y0: int, size0: int, out_size: int) -> np.ndarray:
         """The level-0 square [x0, x0+size0)^2 as an (out_size, out_size, 3) uint8 array."""

@@ -173,3 +173,26 @@ def test_a_slide_opened_before_fork_reads_correctly_in_children(synth_slide_path
             got = pool.map(_read_in_child, xs, chunksize=1)
         _forked_slide = None
     assert got == want
+
+
+def test_huge_reductions_read_in_strips_equal_one_read(tmp_path, monkeypatch):
+    import lrmil.wsi.slide as slide_module
+
+    with open_slide(_png(tmp_path / "big.png", 400, 300), mpp=0.5) as slide:
+        whole = slide.read(0, 0, 400, 300, 100, 75)
+        reads: list[int] = []
+        backend_read = slide._backend.read
+        monkeypatch.setattr(
+            slide._backend, "read", lambda *a: reads.append(a[4]) or backend_read(*a)
+        )
+        monkeypatch.setattr(slide_module, "MAX_READ_PIXELS", 400 * 50)
+        np.testing.assert_array_equal(slide.read(0, 0, 400, 300, 100, 75), whole)
+        assert len(reads) > 1 and max(reads) <= 50  # bounded strips
+    # A non-integer factor: strips resample slightly differently, so close on a smooth image.
+    y, x = np.mgrid[0:300, 0:400]
+    smooth = np.stack([x * 255 // 400, y * 255 // 300, (x + y) * 255 // 700], axis=2)
+    Image.fromarray(smooth.astype(np.uint8)).save(tmp_path / "smooth.png")
+    with open_slide(tmp_path / "smooth.png", mpp=0.5) as slide:
+        strips = slide.read(0, 0, 400, 300, 130, 97)
+        monkeypatch.setattr(slide_module, "MAX_READ_PIXELS", 1 << 26)
+        np.testing.assert_allclose(strips, slide.read(0, 0, 400, 300, 130, 97), atol=2)
