@@ -25,6 +25,10 @@ def cnn():
     return build("lrmil-cnn")
 
 
+def _subset(dataset, n):
+    return PatchDataset(dataset.slide_path, dataset.coords[:n], dataset.size0, 64, dataset.mpp)
+
+
 def test_items_are_the_slide_pixels(hr_dataset):
     patch, index = hr_dataset[3]
     assert index == 3 and patch.dtype == torch.uint8 and patch.shape == (64, 64, 3)
@@ -42,11 +46,8 @@ def test_dataset_pickles_without_its_slide_handle(hr_dataset):
 
 
 def test_embeddings_through_dataset_equal_direct_encoding(hr_dataset, cnn):
-    n = 16
-    subset = PatchDataset(
-        hr_dataset.slide_path, hr_dataset.coords[:n], hr_dataset.size0, 64, hr_dataset.mpp
-    )
-    feats, _ = encode_dataset(subset, cnn, batch_size=n)
+    subset = _subset(hr_dataset, 16)
+    feats, _ = encode_dataset(subset, cnn, batch_size=16)
     with open_slide(subset.slide_path) as slide:
         pixels = np.stack(
             [slide.read_region(int(x), int(y), subset.size0, 64) for x, y in subset.coords]
@@ -56,20 +57,17 @@ def test_embeddings_through_dataset_equal_direct_encoding(hr_dataset, cnn):
 
 
 def test_workers_and_batch_size_do_not_change_results(hr_dataset, cnn):
-    base, pooled = encode_dataset(hr_dataset, cnn, batch_size=8, layers=["stage3"])
-    two_workers, pooled2 = encode_dataset(
-        hr_dataset, cnn, batch_size=8, workers=2, layers=["stage3"]
-    )
+    subset = _subset(hr_dataset, 24)
+    base, pooled = encode_dataset(subset, cnn, batch_size=8, layers=["stage3"])
+    two_workers, pooled2 = encode_dataset(subset, cnn, batch_size=8, workers=2, layers=["stage3"])
     assert np.array_equal(base, two_workers) and np.array_equal(pooled["stage3"], pooled2["stage3"])
-    other_batch, _ = encode_dataset(hr_dataset, cnn, batch_size=5)
+    other_batch, _ = encode_dataset(subset, cnn, batch_size=5)
     np.testing.assert_allclose(other_batch, base, rtol=1e-5, atol=1e-5)
 
 
 def test_layer_embeddings_match_forward_features(hr_dataset, cnn):
     patches = torch.stack([hr_dataset[i][0] for i in range(4)])
-    subset = PatchDataset(
-        hr_dataset.slide_path, hr_dataset.coords[:4], hr_dataset.size0, 64, hr_dataset.mpp
-    )
+    subset = _subset(hr_dataset, 4)
     _, pooled = encode_dataset(subset, cnn, batch_size=4, layers=["stage2"])
     with torch.no_grad():
         _, _, expected = cnn.forward_features(cnn.preprocess(patches), ["stage2"])

@@ -51,10 +51,14 @@ def _accuracy(encode, factor):
     )
 
 
-@pytest.mark.parametrize("name", ["lrmil-cnn", "lrmil-vit-tiny"])
+@pytest.fixture(scope="module", params=["lrmil-cnn", "lrmil-vit-tiny"])
+def encoder(request):
+    return build(request.param)
+
+
 @pytest.mark.parametrize("factor", list(FACTORS))
-def test_random_init_separates_tissue_factors(name, factor):
-    enc = build(name)
+def test_random_init_separates_tissue_factors(encoder, factor):
+    enc = encoder
     assert _accuracy(lambda p: enc.encode(p).numpy(), factor) >= 0.9
 
 
