@@ -1,0 +1,134 @@
+"""The accuracy benchmark of performance.md: on a synthetic cohort, 5-fold CV of the HR teacher,
+the LR baseline and the LRMIL student, over several seeds, in `encoder` and `adapter` mode.
+
+    .venv/bin/python bench/accuracy.py [--work DIR] [--slides 40] [--size 4096] [--seeds 0 1]
+
+synth -> tile -> embed (lrmil-cnn, LR and HR with the default layers) -> distill, each step
+resumable from its outputs in --work. Writes bench/results/accuracy.md (and .json): per mode and
+seed the mean AUCs, the gap teacher - baseline and the share the student recovers, with the
+targets (gap >= 0.10 AUC, recovered >= 0.7, mean over folds and seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def prepare(work: Path, slides: int, size: int, workers: int) -> tuple[Path, Path, list[str]]:
+    """The cohort's features and a labels CSV without the slides that have no tissue patch."""
+    from lrmil.data import read_features
+    from lrmil.embed import embed_slides
+    from lrmil.synth import make_cohort
+    from lrmil.tiling import tile_slides
+
+    if not (work / "labels.csv").exists():
+        make_cohort(work, n_slides=slides, seed=0, width=size, height=size, workers=workers)
+    tile_slides([str(work / "slides")], work / "tiled", workers=workers)
+    embed_slides(work / "tiled", "lrmil-cnn", work / "features", mag="both",
+                 layers=["default"], batch_size=64, workers=0)
+    with (work / "labels.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    dropped = [r["slide"] for r in rows
+               if len(read_features(work / "features" / "lr" / f"{r['slide']}.h5")) == 0]
+    labels = work / "labels_used.csv"
+    with labels.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(r for r in rows if r["slide"] not in dropped)
+    return work / "features", labels, dropped
+
+
+def distill(work: Path, features: Path, labels: Path, mode: str, seed: int,
+            overrides: list[str]) -> dict:
+    from lrmil.distill import load_config, run
+
+    cfg = load_config(overrides=[f"stage1.mode={mode}", f"seed={seed}",
+                                 "ablations=no_stage1,no_attn_kd,no_logit_kd",
+                                 "stage1.read_workers=0", *overrides],
+                      features=str(features), labels=str(labels),
+                      out=str(work / f"run_{mode}_seed{seed}"))
+    start = time.perf_counter()
+    report = run(cfg)
+    report["seconds"] = time.perf_counter() - start
+    return report
+
+
+def summarise(results: dict[str, dict[int, dict]], dropped: list[str], args) -> str:
+    lines = ["# LRMIL accuracy on the synthetic cohort", "",
+             f"Machine: {platform.machine()}, CPU only. Cohort: `lrmil synth` {args.slides} "
+             f"slides of {args.size}^2 px at 20x (seed 0), tiled at 5x/20x, embedded with "
+             f"lrmil-cnn; {len(dropped)} slide(s) without a tissue patch left out. "
+             "5-fold patient-level CV; AUC = mean over the test folds.", "",
+             f"Command: `.venv/bin/python bench/accuracy.py {' '.join(args.argv)}`", "",
+             "| mode | seed | teacher AUC | baseline AUC | student AUC | gap | recovered | "
+             "no stage 1 | no attn KD | no logit KD | minutes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    verdicts = []
+    for mode, by_seed in results.items():
+        gaps, recs = [], []
+        for seed, report in by_seed.items():
+            s = report["summary"]
+            auc = {m: s[m]["auc"]["mean"] for m in report["models"]}
+            gap = auc["teacher"] - auc["baseline"]
+            rec = s["student"]["gap_recovered_of_means"]["mean"]
+            gaps.append(gap)
+            recs.append(rec)
+            lines.append(
+                f"| {mode} | {seed} | {auc['teacher']:.3f} | {auc['baseline']:.3f} | "
+                f"{auc['student']:.3f} | {gap:+.3f} | {rec:.2f} | "
+                f"{auc.get('student_no_stage1', np.nan):.3f} | "
+                f"{auc.get('student_no_attn_kd', np.nan):.3f} | "
+                f"{auc.get('student_no_logit_kd', np.nan):.3f} | {report['seconds'] / 60:.1f} |")
+        teacher = np.mean([r["summary"]["teacher"]["auc"]["mean"] for r in by_seed.values()])
+        base = np.mean([r["summary"]["baseline"]["auc"]["mean"] for r in by_seed.values()])
+        student = np.mean([r["summary"]["student"]["auc"]["mean"] for r in by_seed.values()])
+        gap = teacher - base
+        rec = (student - base) / gap if gap > 0 else float("nan")
+        verdicts.append(f"- **{mode}**, mean over seeds {list(by_seed)}: teacher {teacher:.3f}, "
+                        f"baseline {base:.3f}, student {student:.3f}; gap {gap:+.3f} "
+                        f"(target >= 0.10: {'met' if gap >= 0.10 else 'NOT met'}), recovered "
+                        f"{rec:.2f} (target >= 0.70: {'met' if rec >= 0.7 else 'NOT met'})")
+    return "\n".join([*lines, "", *verdicts]) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/lrmil-accuracy"))
+    parser.add_argument("--slides", type=int, default=40)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--modes", nargs="+", default=["encoder", "adapter"])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("overrides", nargs="*", help="distill settings, e.g. stage1.epochs=2")
+    args = parser.parse_args()
+    import sys
+
+    args.argv = sys.argv[1:]
+    args.work.mkdir(parents=True, exist_ok=True)
+    features, labels, dropped = prepare(args.work, args.slides, args.size, args.workers)
+    results: dict[str, dict[int, dict]] = {}
+    for mode in args.modes:
+        for seed in args.seeds:
+            report = distill(args.work, features, labels, mode, seed, args.overrides)
+            results.setdefault(mode, {})[seed] = report
+            text = summarise(results, dropped, args)
+            RESULTS.mkdir(exist_ok=True)
+            (RESULTS / "accuracy.md").write_text(text)
+            (RESULTS / "accuracy.json").write_text(json.dumps(
+                {m: {str(s): {"summary": r["summary"], "per_fold": r["per_fold"],
+                              "seconds": r["seconds"]} for s, r in by.items()}
+                 for m, by in results.items()}, indent=1))
+            print(text, flush=True)
+
+
+if __name__ == "__main__":
+    main()
