@@ -21,8 +21,21 @@ def _from_csv(path: Path) -> list[Path]:
             names = [row["slide"].strip() for row in reader if row["slide"]]
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the slide list ({exc.strerror})") from None
-    # Relative paths in a CSV are relative to the CSV's folder.
-    return [p if p.is_absolute() else path.parent / p for p in map(Path, names)]
+    return [_resolve(name, path.parent) for name in names]
+
+
+def _resolve(entry: str, folder: Path) -> Path:
+    """A CSV entry as a path: relative to the CSV's folder; a bare slide name (as in a
+    `labels.csv`) is looked up beside the CSV or in its `slides/` folder."""
+    path = Path(entry) if Path(entry).is_absolute() else folder / entry
+    if path.exists() or path.suffix.lower() in SLIDE_EXTENSIONS:
+        return path
+    for candidate in (path.parent, path.parent / "slides"):
+        for ext in SLIDE_EXTENSIONS:
+            found = candidate / f"{path.name}{ext}"
+            if found.is_file():
+                return found
+    return path  # reported as a missing slide, the others go on
 
 
 def collect_slides(inputs: Sequence[str | Path]) -> list[Path]:

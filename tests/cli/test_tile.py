@@ -156,3 +156,10 @@ def test_config_file_with_flags_winning(tmp_path, synth_slide_path):
     result = _invoke(synth_slide_path, "--out", tmp_path / "out", "--config", config)
     assert result.exit_code == 1
     assert "tile.yaml: unknown setting(s) colour" in result.output
+
+
+def test_tile_a_synthetic_cohort_from_its_labels_csv(tmp_path, synth_cohort):
+    result = _invoke(synth_cohort / "labels.csv", "--out", tmp_path / "out", "--patch-size", 64)
+    assert result.exit_code == 0, result.output
+    names = [line.split(",")[0] for line in (synth_cohort / "labels.csv").read_text().split()[1:]]
+    assert sorted(p.stem for p in (tmp_path / "out" / "coords").iterdir()) == sorted(names)

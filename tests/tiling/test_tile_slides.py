@@ -212,6 +212,12 @@ def test_slide_lists(tmp_path, synth_slide_path, real_slide_path):
     listing = tmp_path / "slides.csv"
     listing.write_text(f"slide,label\n{synth_slide_path},1\n{real_slide_path},0\n")
     assert collect_slides([listing]) == [synth_slide_path, real_slide_path]
+    # A labels.csv names slides without paths: found beside the CSV or in its slides/ folder.
+    (tmp_path / "slides").mkdir()
+    shutil.copy(synth_slide_path, tmp_path / "slides" / "a.svs")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("slide,patient,label\na,p0,positive\nghost,p1,negative\n")
+    assert collect_slides([labels]) == [tmp_path / "slides" / "a.svs", tmp_path / "ghost"]
     pattern = str(synth_slide_path.parent / "*.svs")
     assert synth_slide_path in collect_slides([pattern])
     with pytest.raises(ConfigError, match="matches no files"):
