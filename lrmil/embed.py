@@ -191,106 +191,99 @@ def embed_slides(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {device} requested but torch sees no CUDA device")
     encoder.to(device).eval()
-    out = Path(out_dir)
-    common = {
-        "encoder": encoder.name,
-        "encoder_digest": encoder_digest(encoder),
-        "seed": seed,  # a built-in's initialisation (distill rebuilds the LR encoder from it)
-        "weights": "" if weights is None else str(Path(weights).resolve()),
-        "dim": encoder.dim,
-        "dtype": dtype,
-        "layers": json.dumps(list(layers)),
-        "lrmil_versions": json.dumps(versions()),
-    }
-    summary = EmbedSummary(out)
+    run = _Run(
+        encoder,
+        Path(out_dir),
+        batch_size,
+        workers,
+        device,
+        tuple(layers),
+        dtype,
+        overwrite,
+        common_attrs={
+            "encoder": encoder.name,
+            "encoder_digest": encoder_digest(encoder),
+            "seed": seed,  # a built-in's initialisation (distill rebuilds the LR encoder from it)
+            "weights": "" if weights is None else str(Path(weights).resolve()),
+            "dim": encoder.dim,
+            "dtype": dtype,
+            "lrmil_versions": json.dumps(versions()),
+        },
+    )
+    summary = EmbedSummary(run.out)
     start = time.perf_counter()
     with _Progress(progress, len(coords_files) * len(MAGS[mag])) as bar:
         for coords_path in coords_files:
             for m in MAGS[mag]:
-                summary.results.append(
-                    _embed_one(
-                        coords_path,
-                        m,
-                        encoder,
-                        out,
-                        common,
-                        batch_size,
-                        workers,
-                        device,
-                        layers if m == "hr" else (),
-                        dtype,
-                        overwrite,
-                        bar,
-                    )
-                )
+                summary.results.append(run.slide(coords_path, m, bar))
                 bar.slide_done()
     summary.seconds = time.perf_counter() - start
-    _write_errors(out, summary)
+    _write_errors(run.out, summary)
     return summary
 
 
-def _embed_one(
-    coords_path: Path,
-    mag: str,
-    encoder: Encoder,
-    out: Path,
-    common: dict[str, Any],
-    batch_size: int,
-    workers: int,
-    device: str,
-    layers: Sequence[str],
-    dtype: str,
-    overwrite: bool,
-    bar: _Progress,
-) -> SlideResult:
-    name = coords_path.stem
-    start = time.perf_counter()
-    try:
-        ts = read_coords(coords_path)
-        slide = check_slide_unchanged(ts, coords_path)
-        coords, size0, parent, child = _patches(ts, mag)
-        attrs = {
-            **common,
-            "magnification": ts.lr_mag if mag == "lr" else ts.hr_mag,
-            "mag": mag,
-            "patch_size": ts.patch_size,
-            "patch_size_level0": size0,
-            "r": ts.r,
-            "slide_path": str(slide),
-            "slide_size": ts.slide_size,
-            "slide_mtime": ts.slide_mtime,
-            "coords_path": str(coords_path.resolve()),
-            "coords_mtime": coords_path.stat().st_mtime,
-            "n_patches": len(coords),
-            "layers": json.dumps(list(layers)),
-        }
-        target = out / mag / f"{name}.h5"
-        if not overwrite and _matches(target, attrs):
-            return SlideResult(name, mag, "skipped", len(coords))
-        dataset = PatchDataset(slide, coords, size0, ts.patch_size, mpp=ts.level0_mpp)
-        bar.start_slide(f"{name} {mag}", len(coords))
+@dataclass
+class _Run:
+    """The settings of one `embed_slides` call, applied slide by slide."""
+
+    encoder: Encoder
+    out: Path
+    batch_size: int
+    workers: int
+    device: str
+    layers: tuple[str, ...]  # HR files only
+    dtype: str
+    overwrite: bool
+    common_attrs: dict[str, Any]
+
+    def slide(self, coords_path: Path, mag: str, bar: _Progress) -> SlideResult:
+        name = coords_path.stem
+        start = time.perf_counter()
         try:
-            feats, pooled = encode_dataset(
-                dataset,
-                encoder,
-                batch_size=batch_size,
-                workers=workers,
-                device=device,
-                layers=layers,
-                on_batch=bar.advance,
+            ts = read_coords(coords_path)
+            slide = check_slide_unchanged(ts, coords_path)
+            coords, size0, parent, child = _patches(ts, mag)
+            layers = self.layers if mag == "hr" else ()
+            attrs = {
+                **self.common_attrs,
+                "magnification": ts.lr_mag if mag == "lr" else ts.hr_mag,
+                "mag": mag,
+                "patch_size": ts.patch_size,
+                "patch_size_level0": size0,
+                "r": ts.r,
+                "slide_path": str(slide),
+                "slide_size": ts.slide_size,
+                "slide_mtime": ts.slide_mtime,
+                "coords_path": str(coords_path.resolve()),
+                "coords_mtime": coords_path.stat().st_mtime,
+                "n_patches": len(coords),
+                "layers": json.dumps(list(layers)),
+            }
+            target = self.out / mag / f"{name}.h5"
+            if not self.overwrite and _matches(target, attrs):
+                return SlideResult(name, mag, "skipped", len(coords))
+            dataset = PatchDataset(slide, coords, size0, ts.patch_size, mpp=ts.level0_mpp)
+            bar.start_slide(f"{name} {mag}", len(coords))
+            try:
+                feats, pooled = encode_dataset(
+                    dataset,
+                    self.encoder,
+                    batch_size=self.batch_size,
+                    workers=self.workers,
+                    device=self.device,
+                    layers=layers,
+                    on_batch=bar.advance,
+                )
+            finally:
+                dataset.close()
+            feats_file = Features(feats, coords, parent, child, pooled, attrs)
+            write_features(target, feats_file, dtype=self.dtype)
+            return SlideResult(name, mag, "ok", len(coords), time.perf_counter() - start)
+        except Exception as exc:  # one bad slide must not stop the others; it is reported
+            error = f"{type(exc).__name__}: {exc}"
+            return SlideResult(
+                name, mag, "failed", seconds=time.perf_counter() - start, error=error
             )
-        finally:
-            dataset.close()
-        write_features(target, Features(feats, coords, parent, child, pooled, attrs), dtype=dtype)
-        return SlideResult(name, mag, "ok", len(coords), time.perf_counter() - start)
-    except Exception as exc:  # one bad slide must not stop the others; it is reported
-        return SlideResult(
-            name,
-            mag,
-            "failed",
-            seconds=time.perf_counter() - start,
-            error=f"{type(exc).__name__}: {exc}",
-        )
 
 
 def _matches(target: Path, attrs: dict[str, Any]) -> bool:
