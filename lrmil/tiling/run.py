@@ -241,16 +241,26 @@ def _progress() -> Progress:
         BarColumn,
         MofNCompleteColumn,
         Progress,
+        ProgressColumn,
+        Task,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+    from rich.text import Text
+
+    class PatchRate(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            patches, elapsed = task.fields["patches"], task.elapsed or 0.0
+            rate = f"{patches / elapsed:,.0f}/s" if elapsed > 0 else "-/s"
+            return Text(f"{patches:,} patches, {rate}")
 
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("slides, {task.fields[patches]:,} patches"),
+        TextColumn("slides,"),
+        PatchRate(),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
