@@ -50,7 +50,11 @@ def embed(
         Path, typer.Option("--out", help="Features folder: OUT/lr/<slide>.h5, OUT/hr/<slide>.h5.")
     ],
     encoder: Annotated[
-        str, typer.Option(help="lrmil-cnn, lrmil-vit-tiny, timm:<model> or torchvision:<model>.")
+        str,
+        typer.Option(
+            help="lrmil-cnn, lrmil-vit-tiny, uni, conch-vit-b16 (need --weights), timm:<model> "
+            "or torchvision:<model>."
+        ),
     ] = "lrmil-cnn",
     weights: Annotated[
         Path | None, typer.Option(help="Encoder weights: .safetensors or a torch state dict.")
