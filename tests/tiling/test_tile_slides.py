@@ -242,3 +242,14 @@ def test_an_unexpected_error_fails_only_its_slide(tmp_path, synth_slide_path, mo
     summary = tile_slides([broken, synth_slide_path], tmp_path / "out")
     assert [r.status for r in summary.results] == ["failed", "ok"]
     assert "broken.svs: unexpected ValueError: odd file" in summary.results[0].error
+
+
+def test_read_coords_refuses_other_files(tmp_path):
+    from lrmil.errors import FileFormatError
+
+    with pytest.raises(FileFormatError, match=r"none\.h5: no such coords file"):
+        read_coords(tmp_path / "none.h5")
+    with h5py.File(tmp_path / "clam.h5", "w") as f:
+        f.create_dataset("coords", data=np.zeros((3, 2), np.int64))
+    with pytest.raises(FileFormatError, match=r"clam\.h5: not a complete lrmil coords file"):
+        read_coords(tmp_path / "clam.h5")
