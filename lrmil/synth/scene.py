@@ -29,13 +29,13 @@ class SynthConfig:
     """The generator's knobs (docs/synth.md explains each). Ranges are (low, high), drawn per
     slide or per object. Sizes are level-0 pixels (20x at the default 0.5 mpp)."""
 
-    foci: tuple[int, int] = (2, 4)  # tumour foci on a positive slide, per 4096^2 px (>= 1)
+    foci: tuple[int, int] = (2, 4)  # per 4096^2 px (>= 1), in place of as many confounders
     focus_radius: tuple[float, float] = (45.0, 90.0)
     tumour_diameter: tuple[float, float] = (10.0, 14.0)  # enlarged, irregular, hyperchromatic
     lymph_clusters: tuple[int, int] = (3, 6)  # both classes, per 4096^2 px: LR look-alikes
     nests: tuple[int, int] = (2, 4)  # benign dense epithelial nests, both classes
     nest_diameter: tuple[float, float] = (8.0, 11.0)  # closer to the tumour's: harder at 5x
-    cluster_radius: tuple[float, float] = (45.0, 110.0)
+    cluster_radius: tuple[float, float] = (45.0, 90.0)  # = focus_radius: size tells nothing
     normal_diameter: tuple[float, float] = (5.0, 7.0)
     lr_cue: float = 1.0  # 0..1: strength of the faint low-power cue of the foci (eosin, size)
     stain_jitter: float = 0.05  # per-slide perturbation of the stain vectors
@@ -205,44 +205,44 @@ def _count(rng: np.random.Generator, span: tuple[int, int], area_scale: float) -
 
 
 def _regions(rng: np.random.Generator, scene: Scene, positive: bool) -> list[Region]:
-    """Tumour foci (positive slides only), lymphocyte clusters and benign nests, placed inside
-    tissue and apart from each other. The confounders' darkness and pinkness at low power are
-    drawn to straddle the foci's, so colour alone does not separate them."""
+    """Lymphocyte clusters and benign nests on every slide; on a positive slide tumour foci take
+    the place of some of them, so the number and size of dense regions say nothing about the
+    class, only what is inside them. Regions lie inside tissue and apart from each other."""
     config = scene.config
     step = 16
     xs, ys = np.arange(step // 2, scene.width, step), np.arange(step // 2, scene.height, step)
     inside = np.argwhere(scene.tissue(xs, ys) > 0.99)
     area_scale = scene.width * scene.height / REFERENCE_AREA
     cue = config.lr_cue
-    wanted = [
-        ("lymph", _count(rng, config.lymph_clusters, area_scale)),
-        ("nest", _count(rng, config.nests, area_scale)),
-    ]
+    n_lymph = _count(rng, config.lymph_clusters, area_scale)
+    n_nest = _count(rng, config.nests, area_scale)
+    kinds = ["lymph"] * max(n_lymph, n_lymph + n_nest == 0) + ["nest"] * n_nest
     if positive:
-        wanted.insert(0, ("focus", max(1, _count(rng, config.foci, area_scale))))
+        n_foci = min(max(1, _count(rng, config.foci, area_scale)), len(kinds))
+        replaced = set(rng.choice(len(kinds), n_foci, replace=False).tolist())
+        kinds = ["focus"] * n_foci + [k for i, k in enumerate(kinds) if i not in replaced]
     regions: list[Region] = []
-    for kind, n in wanted:
+    for kind in kinds:
         span = config.focus_radius if kind == "focus" else config.cluster_radius
-        for _ in range(n):
-            for _attempt in range(50):
-                if len(inside) == 0:
-                    break
-                iy, ix = inside[rng.integers(len(inside))]
-                x, y = xs[ix] + rng.uniform(-step / 2, step / 2), ys[iy] + rng.uniform(-8, 8)
-                radius = rng.uniform(*span)
-                if all(np.hypot(x - o.x, y - o.y) > radius + o.radius + 24 for o in regions):
-                    eosin = {"focus": 0.75 + 0.1 * cue, "lymph": 0.6, "nest": 0.8}[kind]
-                    regions.append(
-                        Region(
-                            kind,
-                            x,
-                            y,
-                            radius,
-                            eosin * rng.uniform(0.85, 1.15),
-                            rng.uniform(0.8, 0.95),
-                        )
+        for _attempt in range(50):
+            if len(inside) == 0:
+                break
+            iy, ix = inside[rng.integers(len(inside))]
+            x, y = xs[ix] + rng.uniform(-step / 2, step / 2), ys[iy] + rng.uniform(-8, 8)
+            radius = rng.uniform(*span)
+            if all(np.hypot(x - o.x, y - o.y) > radius + o.radius + 24 for o in regions):
+                eosin = {"focus": 0.75 + 0.1 * cue, "lymph": 0.6, "nest": 0.8}[kind]
+                regions.append(
+                    Region(
+                        kind,
+                        x,
+                        y,
+                        radius,
+                        eosin * rng.uniform(0.85, 1.15),
+                        rng.uniform(0.8, 0.95),
                     )
-                    break
+                )
+                break
     return regions
 
 

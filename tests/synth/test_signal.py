@@ -12,8 +12,8 @@ from signal_stats import RegionStats, region_stats
 
 from lrmil.synth import Region, SynthConfig, write_slide
 
-# Counts are per 4096^2 px: on 2560^2 this gives ~3 foci and ~2 of each confounder.
-CONFIG = SynthConfig(foci=(8, 8), lymph_clusters=(5, 5), nests=(5, 5))
+# Counts are per 4096^2 px: on 2560^2 this gives 3 foci in place of 3 of ~10 confounders.
+CONFIG = SynthConfig(foci=(8, 8), lymph_clusters=(12, 12), nests=(12, 12))
 
 
 @pytest.fixture(scope="module")
