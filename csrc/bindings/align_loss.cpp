@@ -81,7 +81,7 @@ void bind_align_loss(py::module_& m) {
         p.loss = ptr(loss);
         launch(p, cuda, stream, child_mse_fwd_cpu, LRMIL_CUDA_KERNEL(child_mse_fwd_cuda));
       },
-      nogil, "child_mse forward: writes loss (N,) and the weighted child mean tbar (N, D).");
+      nogil, "child_mse forward: writes loss (N,) and, when tbar != 0, the weighted child mean (N, D).");
 
   m.def(
       "child_mse_bwd",
@@ -92,7 +92,7 @@ void bind_align_loss(py::module_& m) {
         p.grad = ptr(grad), p.ds = ptr(ds), p.dt = ptr(dt);
         launch(p, cuda, stream, child_mse_bwd_cpu, LRMIL_CUDA_KERNEL(child_mse_bwd_cuda));
       },
-      nogil, "child_mse backward: writes ds (N, D) and, when dt != 0, dt (N, K, D).");
+      nogil, "child_mse backward: writes ds (N, D) when ds != 0 and dt (N, K, D) when dt != 0.");
 
   m.def(
       "block_mse_fwd",

@@ -1,9 +1,11 @@
 // CPU kernels of the alignment loss (see lrmil/align_loss.h for the math).
 //
-// Work is split into (row, chunk of kChunk features) tasks so that small N still fills the
-// cores; each task writes its partial loss to its own slot and the partials are summed per row
-// in a fixed order afterwards, so results are bit-identical whatever the thread count. Inner
-// loops run over contiguous features (a compile-time stride of 1 in the common case) and
+// Work is split into (row, chunk of features) tasks: whole rows (up to kChunk features) when
+// there are many rows, so each task streams its rows of t and S in long contiguous runs, and
+// short chunks when N is small, so that a few rows still fill the cores. The split depends on
+// the shapes only; each task writes its partial loss to its own slot and the partials are summed
+// per row in a fixed order afterwards, so results are bit-identical whatever the thread count.
+// Inner loops run over contiguous features (a compile-time stride of 1 in the common case) and
 // vectorise.
 #include <algorithm>
 #include <stdexcept>
@@ -15,7 +17,18 @@
 namespace lrmil {
 namespace {
 
-constexpr int64_t kChunk = 256;
+constexpr int64_t kChunk = 1024;       // the most features per task (stack buffers)
+constexpr int64_t kSmallChunk = 128;   // features per task when N is small
+constexpr int64_t kManyRows = 64;      // from this many rows on, tasks take whole rows
+
+struct Chunking {
+  int64_t size, count;
+};
+
+Chunking chunking(int64_t n, int64_t d) {
+  const int64_t size = n >= kManyRows ? kChunk : kSmallChunk;
+  return {size, (d + size - 1) / size};
+}
 
 // Feature stride: 1 at compile time when every input is contiguous along D.
 template <bool Contig>
@@ -34,20 +47,20 @@ A sum_chunk(const A* x, int64_t len) {
 // Runs task(row, d0, len, slot) over all (row, feature chunk) pairs in parallel.
 template <typename Task>
 void for_each_chunk(int64_t n, int64_t d, Task task) {
-  const int64_t chunks = (d + kChunk - 1) / kChunk;
-  const int64_t tasks = n * chunks;
+  const Chunking ch = chunking(n, d);
+  const int64_t tasks = n * ch.count;
 #pragma omp parallel for schedule(static)
   for (int64_t job = 0; job < tasks; ++job) {
-    const int64_t row = job / chunks;
-    const int64_t d0 = (job % chunks) * kChunk;
-    task(row, d0, std::min(kChunk, d - d0), job);
+    const int64_t row = job / ch.count;
+    const int64_t d0 = (job % ch.count) * ch.size;
+    task(row, d0, std::min(ch.size, d - d0), job);
   }
 }
 
 // loss[i] = scale(i) * sum of the row's chunk partials, in chunk order.
 template <typename A, typename Scale>
 void reduce_rows(int64_t n, int64_t d, const std::vector<A>& partial, A* loss, Scale scale) {
-  const int64_t chunks = (d + kChunk - 1) / kChunk;
+  const int64_t chunks = chunking(n, d).count;
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     A total = 0;
@@ -56,7 +69,8 @@ void reduce_rows(int64_t n, int64_t d, const std::vector<A>& partial, A* loss, S
   }
 }
 
-template <typename T, bool Contig>
+// Mean: also write tbar (only when s needs a gradient).
+template <typename T, bool Contig, bool Mean>
 void child_mse_fwd_impl(const ChildMseParams& p) {
   using A = acc_t<T>;
   const T* s = static_cast<const T*>(p.s);
@@ -64,14 +78,14 @@ void child_mse_fwd_impl(const ChildMseParams& p) {
   const A* w = static_cast<const A*>(p.w);
   A* tbar = static_cast<A*>(p.tbar);
   const int64_t s_sd = fstride<Contig>(p.s_sd), t_sd = fstride<Contig>(p.t_sd);
-  std::vector<A> partial(p.n * ((p.d + kChunk - 1) / kChunk));
+  std::vector<A> partial(p.n * chunking(p.n, p.d).count);
 
   for_each_chunk(p.n, p.d, [&](int64_t i, int64_t d0, int64_t len, int64_t slot) {
     const A* wi = w + i * p.w_sn;
     const A total = weight_sum(wi, p.k, p.w_sk);
-    A* tb = tbar + i * p.d + d0;
+    A* tb = Mean ? tbar + i * p.d + d0 : nullptr;
     if (!(total > A(0))) {
-      std::fill(tb, tb + len, A(0));
+      if (Mean) std::fill(tb, tb + len, A(0));
       partial[slot] = 0;
       return;
     }
@@ -89,11 +103,13 @@ void child_mse_fwd_impl(const ChildMseParams& p) {
       for (int64_t j = 0; j < len; ++j) {
         const A tv = load(tk + j * t_sd);
         err[j] += wk * sq(tv - sv[j]);
-        mean[j] += wk * tv;
+        if (Mean) mean[j] += wk * tv;
       }
     }
-    const A inv_total = A(1) / total;
-    for (int64_t j = 0; j < len; ++j) tb[j] = mean[j] * inv_total;
+    if (Mean) {
+      const A inv_total = A(1) / total;
+      for (int64_t j = 0; j < len; ++j) tb[j] = mean[j] * inv_total;
+    }
     partial[slot] = sum_chunk(err, len);
   });
   reduce_rows(p.n, p.d, partial, static_cast<A*>(p.loss), [&](int64_t i) {
@@ -118,12 +134,12 @@ void child_mse_bwd_impl(const ChildMseParams& p) {
     const A total = weight_sum(wi, p.k, p.w_sk);
     const A g_scale = grad[i] * child_mse_scale(total, p.d);
     const T* si = s + i * p.s_sn + d0 * s_sd;
-    const A* tb = tbar + i * p.d + d0;
-    T* dsi = ds + i * p.d + d0;
+    const A* tb = ds != nullptr ? tbar + i * p.d + d0 : nullptr;
+    T* dsi = ds != nullptr ? ds + i * p.d + d0 : nullptr;
     A sv[kChunk];
-    for (int64_t j = 0; j < len; ++j) {
-      sv[j] = load(si + j * s_sd);
-      store(dsi + j, child_mse_grad_s(g_scale * total, sv[j], tb[j]));
+    for (int64_t j = 0; j < len; ++j) sv[j] = load(si + j * s_sd);
+    if (ds != nullptr) {
+      for (int64_t j = 0; j < len; ++j) store(dsi + j, child_mse_grad_s(g_scale * total, sv[j], tb[j]));
     }
     if (dt == nullptr) return;
     for (int64_t c = 0; c < p.k; ++c) {
@@ -159,7 +175,7 @@ void block_mse_fwd_impl(const BlockMseParams& p) {
   const T* S = static_cast<const T*>(p.S);
   const T* t = static_cast<const T*>(p.t);
   const int64_t k = p.r * p.r, t_sd = fstride<Contig>(p.t_sd);
-  std::vector<A> partial(p.n * ((p.d + kChunk - 1) / kChunk));
+  std::vector<A> partial(p.n * chunking(p.n, p.d).count);
 
   for_each_chunk(p.n, p.d, [&](int64_t i, int64_t d0, int64_t len, int64_t slot) {
     const uint8_t* vi = p.valid + i * p.v_sn;
@@ -223,8 +239,13 @@ void block_mse_bwd_impl(const BlockMseParams& p) {
 
 void child_mse_fwd_cpu(const ChildMseParams& p) {
   const bool contig = p.s_sd == 1 && p.t_sd == 1;
+  const bool mean = p.tbar != nullptr;
   LRMIL_DISPATCH_FLOAT_TYPES(p.dtype, "child_mse", [&] {
-    contig ? child_mse_fwd_impl<scalar_t, true>(p) : child_mse_fwd_impl<scalar_t, false>(p);
+    if (contig) {
+      mean ? child_mse_fwd_impl<scalar_t, true, true>(p) : child_mse_fwd_impl<scalar_t, true, false>(p);
+    } else {
+      mean ? child_mse_fwd_impl<scalar_t, false, true>(p) : child_mse_fwd_impl<scalar_t, false, false>(p);
+    }
   });
 }
 

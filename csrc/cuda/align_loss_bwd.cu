@@ -30,14 +30,14 @@ __global__ void child_mse_bwd_kernel(ChildMseParams p) {
   const T* s = static_cast<const T*>(p.s) + i * p.s_sn;
   const T* t = static_cast<const T*>(p.t) + i * p.t_sn;
   const A* w = static_cast<const A*>(p.w) + i * p.w_sn;
-  const A* tbar = static_cast<const A*>(p.tbar) + i * p.d;
-  T* ds = static_cast<T*>(p.ds) + i * p.d;
+  const A* tbar = p.ds == nullptr ? nullptr : static_cast<const A*>(p.tbar) + i * p.d;
+  T* ds = p.ds == nullptr ? nullptr : static_cast<T*>(p.ds) + i * p.d;
   T* dt = p.dt == nullptr ? nullptr : static_cast<T*>(p.dt) + i * p.k * p.d;
   const A total = weight_sum(w, p.k, p.w_sk);
   const A g_scale = static_cast<const A*>(p.grad)[i] * child_mse_scale(total, p.d);
   for (int64_t d = threadIdx.x; d < p.d; d += blockDim.x) {
     const A sv = load(s + d * p.s_sd);
-    store(ds + d, child_mse_grad_s(g_scale * total, sv, tbar[d]));
+    if (ds != nullptr) store(ds + d, child_mse_grad_s(g_scale * total, sv, tbar[d]));
     if (dt == nullptr) continue;
     for (int64_t c = 0; c < p.k; ++c) {
       store(dt + c * p.d + d, child_mse_grad_t(g_scale * w[c * p.w_sk], A(load(t + c * p.t_sk + d * p.t_sd)), sv));

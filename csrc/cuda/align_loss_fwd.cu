@@ -45,7 +45,7 @@ __global__ void child_mse_fwd_kernel(ChildMseParams p) {
   const T* s = static_cast<const T*>(p.s) + i * p.s_sn;
   const T* t = static_cast<const T*>(p.t) + i * p.t_sn;
   const A* w = static_cast<const A*>(p.w) + i * p.w_sn;
-  A* tbar = static_cast<A*>(p.tbar) + i * p.d;
+  A* tbar = p.tbar == nullptr ? nullptr : static_cast<A*>(p.tbar) + i * p.d;
   const A total = weight_sum(w, p.k, p.w_sk);
   const A inv_total = total > A(0) ? A(1) / total : A(0);
   A err = 0;
@@ -61,7 +61,7 @@ __global__ void child_mse_fwd_kernel(ChildMseParams p) {
         mean += wk * tv;
       }
     }
-    tbar[d] = mean * inv_total;
+    if (tbar != nullptr) tbar[d] = mean * inv_total;
   }
   err = block_sum(err);
   if (threadIdx.x == 0) static_cast<A*>(p.loss)[i] = child_mse_scale(total, p.d) * err;

@@ -32,35 +32,39 @@ def _on_device(x: Tensor) -> contextlib.AbstractContextManager:
 
 
 @torch.library.custom_op("lrmil::child_mse", mutates_args=())
-def _child_mse(s: Tensor, t: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
-    """(loss (N,), tbar (N, D)); weight is in the accumulation dtype."""
+def _child_mse(s: Tensor, t: Tensor, weight: Tensor, with_mean: bool) -> tuple[Tensor, Tensor]:
+    """(loss (N,), tbar (N, D)); weight is in the accumulation dtype. tbar, the weighted mean
+    of the children that the gradient to s needs, is empty unless with_mean."""
     n, k, d = t.shape
     acc = _acc_dtype(s.dtype)
     loss = s.new_empty(n, dtype=acc)
-    tbar = s.new_empty(n, d, dtype=acc)
+    tbar = s.new_empty((n, d) if with_mean else (0,), dtype=acc)
     with _on_device(s):
         lib().child_mse_fwd(
             DTYPE_CODES[s.dtype], s.is_cuda, stream_of(s), (n, k, d),
             s.data_ptr(), s.stride(), t.data_ptr(), t.stride(),
-            weight.data_ptr(), weight.stride(), loss.data_ptr(), tbar.data_ptr(),
+            weight.data_ptr(), weight.stride(), loss.data_ptr(),
+            tbar.data_ptr() if with_mean else 0,
         )  # fmt: skip
     return loss, tbar
 
 
 @_child_mse.register_fake
-def _(s: Tensor, t: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+def _(s: Tensor, t: Tensor, weight: Tensor, with_mean: bool) -> tuple[Tensor, Tensor]:
     acc = _acc_dtype(s.dtype)
-    return s.new_empty(t.shape[0], dtype=acc), s.new_empty(t.shape[0], t.shape[2], dtype=acc)
+    n, _, d = t.shape
+    return s.new_empty(n, dtype=acc), s.new_empty((n, d) if with_mean else (0,), dtype=acc)
 
 
 @torch.library.custom_op("lrmil::child_mse_backward", mutates_args=())
 def _child_mse_backward(
-    grad: Tensor, s: Tensor, t: Tensor, weight: Tensor, tbar: Tensor, t_grad: bool
+    grad: Tensor, s: Tensor, t: Tensor, weight: Tensor, tbar: Tensor, s_grad: bool, t_grad: bool
 ) -> tuple[Tensor, Tensor]:
-    """(ds (N, D), dt (N, K, D)); dt is empty when t_grad is False (t is then not read)."""
+    """(ds (N, D), dt (N, K, D)); each is empty when its flag is False (and then tbar, resp. t,
+    is not read)."""
     n, k = weight.shape
     d = s.shape[1]
-    ds = torch.empty_like(s, memory_format=torch.contiguous_format)
+    ds = s.new_empty(n, d) if s_grad else s.new_empty(0)
     dt = s.new_empty(n, k, d) if t_grad else s.new_empty(0)
     grad = grad.to(tbar.dtype).contiguous()
     with _on_device(s):
@@ -68,21 +72,21 @@ def _child_mse_backward(
             DTYPE_CODES[s.dtype], s.is_cuda, stream_of(s), (n, k, d),
             s.data_ptr(), s.stride(), t.data_ptr(), t.stride() if t_grad else (0, 0, 0),
             weight.data_ptr(), weight.stride(), tbar.data_ptr(), grad.data_ptr(),
-            ds.data_ptr(), dt.data_ptr() if t_grad else 0,
+            ds.data_ptr() if s_grad else 0, dt.data_ptr() if t_grad else 0,
         )  # fmt: skip
     return ds, dt
 
 
 @_child_mse_backward.register_fake
-def _(grad, s, t, weight, tbar, t_grad):
+def _(grad, s, t, weight, tbar, s_grad, t_grad):
     n, k = weight.shape
-    dt = s.new_empty(n, k, s.shape[1]) if t_grad else s.new_empty(0)
-    return torch.empty_like(s, memory_format=torch.contiguous_format), dt
+    d = s.shape[1]
+    return s.new_empty((n, d) if s_grad else (0,)), s.new_empty((n, k, d) if t_grad else (0,))
 
 
 def _child_mse_setup(ctx, inputs, output) -> None:
-    s, t, weight = inputs
-    ctx.t_grad = t.requires_grad
+    s, t, weight, with_mean = inputs
+    ctx.s_grad, ctx.t_grad = s.requires_grad and with_mean, t.requires_grad
     ctx.save_for_backward(s, t if ctx.t_grad else None, weight, output[1])
     ctx.mark_non_differentiable(output[1])
 
@@ -91,8 +95,8 @@ def _child_mse_grad(ctx, grad_loss, _grad_tbar):
     s, t, weight, tbar = ctx.saved_tensors
     if t is None:  # t needs no grad and was not saved; the kernel does not read it then
         t = s.new_empty(0, 0, 0)
-    ds, dt = _child_mse_backward(grad_loss, s, t, weight, tbar, ctx.t_grad)
-    return ds, (dt if ctx.t_grad else None), None
+    ds, dt = _child_mse_backward(grad_loss, s, t, weight, tbar, ctx.s_grad, ctx.t_grad)
+    return (ds if ctx.s_grad else None), (dt if ctx.t_grad else None), None, None
 
 
 _child_mse.register_autograd(_child_mse_grad, setup_context=_child_mse_setup)
@@ -230,7 +234,8 @@ def child_mse(s: Tensor, t: Tensor, weight: Tensor) -> Tensor:
             f"{op}: weight must have shape (N, K) = {tuple(t.shape[:2])}, got {tuple(weight.shape)}"
         )
     _check_devices(op, s=s, t=t, weight=weight)
-    return _child_mse(s, t, weight.detach().to(_acc_dtype(s.dtype)))[0]
+    with_mean = torch.is_grad_enabled() and s.requires_grad
+    return _child_mse(s, t, weight.detach().to(_acc_dtype(s.dtype)), with_mean)[0]
 
 
 def block_mse(S: Tensor, t: Tensor, valid: Tensor, r: int) -> Tensor:  # noqa: N803

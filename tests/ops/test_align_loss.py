@@ -130,10 +130,14 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda g: block_mse(g, t.detach(), valid, 2), (grid,))
 
 
-def test_teacher_without_grad_gets_none():
+def test_only_the_inputs_that_require_grad_get_one():
     s, t = _rand(2, 3, grad=True), _rand(2, 4, 3)
     child_mse(s, t, torch.ones(2, 4)).sum().backward()
     assert s.grad is not None and t.grad is None
+    s, t = _rand(2, 3), _rand(2, 4, 3, grad=True)
+    loss = child_mse(s, t, torch.ones(2, 4))
+    (got,) = _grads(loss, (t,))
+    torch.testing.assert_close(got, _grads(ref.child_mse(s, t, torch.ones(2, 4)), (t,))[0])
 
 
 def test_non_contiguous_inputs():
@@ -228,7 +232,9 @@ def test_deterministic_on_cpu():
 @pytest.mark.parametrize("t_grad", [False, True])
 def test_opcheck(t_grad):
     s, t = _rand(3, 5, grad=True), _rand(3, 4, 5, seed=1, grad=t_grad)
-    torch.library.opcheck(torch.ops.lrmil.child_mse.default, (s, t, _weights(3, 4)))
+    for with_mean in (False, True):
+        args = (s, t, _weights(3, 4), with_mean)
+        torch.library.opcheck(torch.ops.lrmil.child_mse.default, args)
     grid = _rand(3, 4, 4, 5, seed=2, grad=True)
     torch.library.opcheck(torch.ops.lrmil.block_mse.default, (grid, t, _valid(3, 4), 2))
 

@@ -136,5 +136,5 @@ def test_alignment_loss_and_opcheck():
     got = AlignmentLoss(r=4)(s, t, valid, attn, grids, [t])
     want = ref.alignment_loss(s, t, valid, grids, [t], attn, r=4)
     _compare(got, want, torch.autograd.grad(got, s), torch.autograd.grad(want, s), 1e-5)
-    torch.library.opcheck(torch.ops.lrmil.child_mse.default, (s, t, attn))
+    torch.library.opcheck(torch.ops.lrmil.child_mse.default, (s, t, attn, True))
     torch.library.opcheck(torch.ops.lrmil.block_mse.default, (grids[0], t, valid, 4))

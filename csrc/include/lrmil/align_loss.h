@@ -17,7 +17,7 @@
 namespace lrmil {
 
 // Sizes and strides in elements: inputs may be any strided view; outputs (loss, tbar, grads)
-// are contiguous buffers allocated by Python. A null dt means t needs no gradient.
+// are contiguous buffers allocated by Python.
 struct ChildMseParams {
   int64_t n = 0, k = 0, d = 0;
   const void* s = nullptr;  // (N, D), storage dtype
@@ -27,10 +27,10 @@ struct ChildMseParams {
   const void* w = nullptr;  // (N, K), accumulation dtype (fp32, fp64 for fp64 inputs)
   int64_t w_sn = 0, w_sk = 0;
   void* loss = nullptr;  // (N,), accumulation dtype, contiguous
-  void* tbar = nullptr;  // (N, D), accumulation dtype, contiguous
+  void* tbar = nullptr;  // (N, D), accumulation dtype, contiguous; null: not needed (no ds)
   // Backward only.
   const void* grad = nullptr;  // (N,) upstream gradient of loss, accumulation dtype, contiguous
-  void* ds = nullptr;          // (N, D) storage dtype, contiguous
+  void* ds = nullptr;          // (N, D) storage dtype, contiguous; null when s needs no grad
   void* dt = nullptr;          // (N, K, D) storage dtype, contiguous; null when t needs no grad
   DType dtype = DType::Float32;
 };

@@ -1,0 +1,178 @@
+"""Benchmarks of the fused alignment loss (performance.md, "Kernels").
+
+Contenders per shape: the fused op, the eager reference, torch.compile of the reference, and a
+memory copy of the op's main input (the bandwidth yardstick, measured in the same run).
+Forward alone and forward+backward (gradient to the student; the teacher is frozen as in
+stage 1). Correctness is asserted before timing. Peak extra memory per call is read from the
+process's resident-set high-water mark (Linux /proc), which sees every allocation.
+
+    .venv/bin/python -m pytest bench/test_align_loss.py \
+        --benchmark-json bench/results/align_loss_cpu.json
+
+writes a markdown summary of the ratios to bench/results/align_loss_cpu.md.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lrmil.ops import block_mse, child_mse
+from lrmil.ops import reference as ref
+
+RESULTS_MD = Path(__file__).parent / "results" / "align_loss_cpu.md"
+K, G, R = 16, 16, 4
+CHILD_SHAPES = [(n, d) for n in (256, 2048) for d in (512, 768, 1024)]
+BLOCK_SHAPES = [(256, 512), (256, 768), (256, 1024), (2048, 512)]
+CONTENDERS = ["fused", "eager", "compiled", "copy"]
+MODES = ["fwd", "fwd+bwd"]
+
+_medians: dict[tuple[str, str], float] = {}  # (group, contender) -> median seconds
+_peaks: dict[tuple[str, str], float] = {}  # (group, contender) -> peak extra bytes
+_bytes: dict[str, int] = {}  # group -> minimal bytes moved by the fused op
+
+for _name in ("recompile_limit", "cache_size_limit"):  # one compiled graph per shape and mode
+    if hasattr(torch._dynamo.config, _name):
+        setattr(torch._dynamo.config, _name, 64)
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_extra_bytes(fn) -> float:
+    """Resident memory high-water mark during fn() above the resident memory before it."""
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    before = _status_kib("VmRSS")
+    fn()
+    return (_status_kib("VmHWM") - before) * 1024.0
+
+
+def _inputs(op: str, n: int, d: int):
+    """(student, op args, {mode: bytes the op must move at the least})."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(n, K, d, generator=g)
+    if op == "child":
+        s = torch.randn(n, d, generator=g, requires_grad=True)
+        w = torch.rand(n, K, generator=g)
+        # fwd: read t and s, write tbar; bwd: read s and tbar, write ds.
+        fwd = (t.numel() + 2 * s.numel()) * 4
+        return s, (s, t, w), {"fwd": fwd, "fwd+bwd": fwd + 3 * s.numel() * 4}
+    grid = torch.randn(n, G, G, d, generator=g, requires_grad=True)
+    valid = torch.rand(n, K, generator=g) > 0.2
+    # fwd: read S and t; fwd+bwd: read S and t, write dS (an ideal fused pair; ours reads S twice).
+    fwd = (grid.numel() + t.numel()) * 4
+    return grid, (grid, t, valid, R), {"fwd": fwd, "fwd+bwd": fwd + grid.numel() * 4}
+
+
+def _call(op: str, contender: str, mode: str, student, args):
+    fns = {"child": (child_mse, ref.child_mse), "block": (block_mse, ref.block_mse)}[op]
+    fn = fns[0] if contender == "fused" else fns[1]
+    if contender == "compiled":
+        fn = torch.compile(fn, dynamic=False)
+    if mode == "fwd":
+
+        def forward():
+            with torch.no_grad():
+                return fn(*args)
+
+        return forward
+    return lambda: torch.autograd.grad(fn(*args).sum(), student)
+
+
+def _params():
+    for op, shapes in (("child", CHILD_SHAPES), ("block", BLOCK_SHAPES)):
+        for n, d in shapes:
+            for mode in MODES:
+                for contender in CONTENDERS:
+                    yield pytest.param(
+                        op, n, d, mode, contender, id=f"{op}-N{n}-D{d}-{mode}-{contender}"
+                    )
+
+
+@pytest.mark.parametrize(("op", "n", "d", "mode", "contender"), list(_params()))
+def test_align_loss(benchmark, op, n, d, mode, contender):
+    group = f"{op}_mse N={n} K={K} D={d}" + (f" G={G}" if op == "block" else "") + f" {mode}"
+    benchmark.group = group
+    student, args, min_bytes = _inputs(op, n, d)
+    if contender == "copy":
+        src = args[0].detach()
+        dst = torch.empty_like(src)
+        run = lambda: dst.copy_(src)  # noqa: E731
+        moved = 2 * src.numel() * 4
+    else:
+        run = _call(op, contender, mode, student, args)
+        if contender == "fused":
+            fused = _call(op, "fused", "fwd+bwd", student, args)()
+            want = _call(op, "eager", "fwd+bwd", student, args)()
+            torch.testing.assert_close(fused, want, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(
+                _call(op, "fused", "fwd", student, args)(),
+                _call(op, "eager", "fwd", student, args)(),
+                rtol=1e-4,
+                atol=1e-6,
+            )
+        run()  # warm up (and compile) outside the timing
+        _peaks[group, contender] = peak_extra_bytes(run)
+    rounds = 5 if n * d * (G * G if op == "block" else K) < 2e8 else 3
+    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
+    _medians[group, contender] = benchmark.stats.stats.median
+    if contender == "fused":
+        _bytes[group] = min_bytes[mode]
+    elif contender == "copy":
+        _bytes[group + " copy"] = moved
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _write_summary():
+    start = time.time()
+    yield
+    groups = sorted({g for g, _ in _medians}, key=lambda g: (g.split()[0], g))
+    load = os.getloadavg()
+    lines = [
+        "# Alignment loss on the CPU (fp32)",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads. Load average at the end "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (other processes shared the cores). "
+        f"Run took {time.time() - start:.0f} s.",
+        "",
+        "Speed-up = contender median / fused median (higher is better for the fused op). "
+        "GB/s: the least traffic the op needs (inputs read once, outputs written once; for "
+        "block_mse fwd+bwd: S and t read once, dS written once, although the fused backward "
+        "reads S again) over the fused median, next to a copy of the main input (t for "
+        "child_mse, S for block_mse) in the same run. Peak = extra resident memory during one "
+        "call (MB).",
+        "",
+        "| case | fused ms | vs eager | vs compile | fused GB/s | copy GB/s "
+        "| peak fused MB | peak eager MB | peak compile MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for g in groups:
+        fused = _medians.get((g, "fused"))
+        if fused is None:
+            continue
+
+        def ratio(c, g=g, fused=fused):
+            return f"{_medians[g, c] / fused:.2f}x" if (g, c) in _medians else "-"
+
+        def peak(c, g=g):
+            return f"{_peaks[g, c] / 2**20:.0f}" if (g, c) in _peaks else "-"
+
+        copy = _medians.get((g, "copy"))
+        copy_gbs = f"{_bytes[g + ' copy'] / copy / 1e9:.1f}" if copy else "-"
+        lines.append(
+            f"| {g} | {fused * 1e3:.1f} | {ratio('eager')} | {ratio('compiled')} "
+            f"| {_bytes[g] / fused / 1e9:.1f} | {copy_gbs} "
+            f"| {peak('fused')} | {peak('eager')} | {peak('compiled')} |"
+        )
+    RESULTS_MD.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS_MD.write_text("\n".join(lines) + "\n")
