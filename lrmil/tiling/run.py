@@ -14,6 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -165,6 +166,24 @@ def _write_errors(out_dir: Path, results: list[SlideResult]) -> None:
     atomic_write_text(out_dir / ERRORS_CSV, buffer.getvalue())
 
 
+def _pool(workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_ignore_sigint,
+    )
+
+
+def _isolated(slide: Path, out_dir: Path, config: TilingConfig, mpp: float | None) -> SlideResult:
+    """Tile one slide in a process of its own, so that a crash is pinned on that slide."""
+    with _pool(1) as pool:
+        try:
+            return pool.submit(tile_one, slide, out_dir, config, mpp).result()
+        except BrokenProcessPool:
+            error = f"{slide}: the worker process died while tiling it (a native reader crash?)"
+            return SlideResult(str(slide), slide_name(slide), "failed", error=error)
+
+
 def _run(
     todo: list[tuple[Path, float | None]], out_dir: Path, config: TilingConfig, workers: int
 ) -> Iterator[SlideResult]:
@@ -172,20 +191,29 @@ def _run(
         for slide, mpp in todo:
             yield tile_one(slide, out_dir, config, mpp)
         return
-    pool = ProcessPoolExecutor(
-        max_workers=min(workers, len(todo)),
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_ignore_sigint,
-    )
-    futures: list[Future[SlideResult]] = [
-        pool.submit(tile_one, slide, out_dir, config, mpp) for slide, mpp in todo
-    ]
+    pool = _pool(min(workers, len(todo)))
+    futures: dict[Future[SlideResult], int] = {
+        pool.submit(tile_one, slide, out_dir, config, mpp): i for i, (slide, mpp) in enumerate(todo)
+    }
+    unfinished = set(range(len(todo)))
     try:
         for future in as_completed(futures):
-            yield future.result()
+            try:
+                result = future.result()
+            except BrokenProcessPool:  # a worker died: every unfinished slide is retried below
+                break
+            unfinished.discard(futures[future])
+            yield result
     finally:
         # On Ctrl-C or an error: cancel what has not started, let running slides finish.
         pool.shutdown(wait=True, cancel_futures=True)
+    for future, i in futures.items():  # finished before the pool broke: keep
+        if i in unfinished and future.done() and not future.cancelled() and not future.exception():
+            unfinished.discard(i)
+            yield future.result()
+    for i in sorted(unfinished):
+        slide, mpp = todo[i]
+        yield _isolated(slide, out_dir, config, mpp)
 
 
 def tile_slides(

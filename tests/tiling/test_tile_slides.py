@@ -253,3 +253,28 @@ def test_read_coords_refuses_other_files(tmp_path):
         f.create_dataset("coords", data=np.zeros((3, 2), np.int64))
     with pytest.raises(FileFormatError, match=r"clam\.h5: not a complete lrmil coords file"):
         read_coords(tmp_path / "clam.h5")
+
+
+def test_a_dead_worker_does_not_stop_the_run(tmp_path, synth_slide_path):
+    """A worker killed mid-run (as by a crash in a native reader): its slides are retried
+    one by one in processes of their own, and the run completes."""
+    import multiprocessing
+    import signal
+    import threading
+    import time
+
+    slides = [shutil.copy(synth_slide_path, tmp_path / f"s{i}.svs") for i in range(4)]
+    done: dict[str, object] = {}
+    run = threading.Thread(
+        target=lambda: done.update(summary=tile_slides(slides, tmp_path / "out", workers=2))
+    )
+    run.start()
+    deadline = time.monotonic() + 60
+    while not (children := multiprocessing.active_children()):
+        assert time.monotonic() < deadline, "no worker started"
+        time.sleep(0.005)
+    os.kill(children[0].pid, signal.SIGKILL)
+    run.join(timeout=180)
+    summary = done["summary"]
+    assert sorted(r.name for r in summary.results) == ["s0", "s1", "s2", "s3"]
+    assert summary.ok == 4  # the slides themselves are fine: the retries succeed
