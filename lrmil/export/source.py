@@ -21,11 +21,16 @@ class RunModel:
     meta: ModelMeta
 
 
+# The files a student's inference depends on, in every fold (not the teachers or caches).
+STUDENT_FILES = ("student.safetensors", "stage1_encoder.safetensors", "stage1_adapter.safetensors")
+
+
 def run_sha256(run: Path) -> str:
-    """sha256 over the run's config and every weights file (relative names and bytes): an export
-    made from other weights is detected without loading any model."""
+    """sha256 over the run's config and the students' weights files (relative names and bytes):
+    an export made from other weights is detected without loading any model."""
     digest = hashlib.sha256()
-    for path in [run / "config.json", *sorted(run.rglob("*.safetensors"))]:
+    weights = sorted(p for name in STUDENT_FILES for p in run.glob(f"fold_*/{name}"))
+    for path in [run / "config.json", *weights]:
         digest.update(f"{path.relative_to(run)}|{file_sha256(path)}\n".encode())
     return digest.hexdigest()
 
