@@ -35,6 +35,9 @@ def export(
     batch_max: Annotated[int, typer.Option(help="TensorRT encoder batch: maximum.")] = 256,
     bag_opt: Annotated[int, typer.Option(help="TensorRT bag size (LR patches): optimal.")] = 2048,
     bag_max: Annotated[int, typer.Option(help="TensorRT bag size (LR patches): maximum.")] = 65536,
+    input_dtype: Annotated[
+        str, typer.Option(help="Encoder input: uint8 pixels, or float32 pixels in 0..255.")
+    ] = "uint8",
 ) -> None:
     """Export the student's LR encoder (uint8 patches -> embeddings, preprocessing included)
     and MIL head (one bag -> probabilities + attention), both checked against torch first."""
@@ -48,7 +51,7 @@ def export(
 
         artifacts = export_run(
             run, out, format.value, fp16, fold, ShapeRange(1, batch_opt, batch_max),
-            ShapeRange(1, bag_opt, bag_max),
+            ShapeRange(1, bag_opt, bag_max), input_dtype,
         )
         table = Table(title=f"lrmil export -> {next(iter(artifacts.values())).parent}")
         for column in ("artifact", "input", "exporter", "max |onnx - torch|"):

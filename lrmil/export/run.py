@@ -36,7 +36,7 @@ INPUT_DTYPES = ("uint8", "float32")
 
 def export_run(run: str | Path, out_dir: str | Path | None = None, fmt: str = "onnx",
                fp16: bool = False, fold: int | None = None, batch: ShapeRange = DEFAULT_BATCH,
-               bag: ShapeRange = DEFAULT_BAG) -> dict[str, Path]:
+               bag: ShapeRange = DEFAULT_BAG, input_dtype: str = "uint8") -> dict[str, Path]:
     """Export the student of `run` (default into RUN/export); returns {kind: artifact path}."""
     from lrmil.export.source import load_run
 
@@ -45,7 +45,8 @@ def export_run(run: str | Path, out_dir: str | Path | None = None, fmt: str = "o
         environment_versions()  # say what is missing before loading anything
     model = load_run(run, fold)
     out = Path(out_dir) if out_dir is not None else Path(run) / "export"
-    return export_model(model.encoder, model.head, model.meta, out, fmt, fp16, batch, bag)
+    return export_model(model.encoder, model.head, model.meta, out, fmt, fp16, batch, bag,
+                        input_dtype)
 
 
 def export_model(encoder: EncoderGraph, head: HeadGraph, meta: ModelMeta, out_dir: Path,

@@ -98,6 +98,9 @@ def test_export_then_infer_with_each_engine(tiny_run, synth_negative_slide_path,
         probs[engine] = [float(row[f"prob_{c}"]) for c in ("class0", "class1", "class2")]
         assert (out / "heatmaps" / "negative.png").is_file()
     assert max(abs(a - b) for a, b in zip(probs["onnx"], probs["torch"], strict=True)) < 1e-5
+    result = _invoke("infer", synth_negative_slide_path, "--model", tiny_run, "--out",
+                     tmp_path / "fold2", "--fold", "2")
+    assert result.exit_code == 1 and "not fold 2" in result.output
     (tiny_run / "fold_1" / "student.safetensors").write_bytes(b"retrained")
     result = _invoke("infer", synth_negative_slide_path, "--model", tiny_run, "--out",
                      tmp_path / "stale")

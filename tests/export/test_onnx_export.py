@@ -160,3 +160,16 @@ def test_the_real_gated_abmil_exports_and_matches_torch(tmp_path):
                          ["probabilities", "attention"], "n",
                          [torch.randn(n, 16) for n in (1, 17, 300)])
     assert result.exporter == "dynamo" and max(result.max_abs_diff.values()) < 1e-5
+
+
+def test_float_pixel_input_is_supported(tiny, tmp_path):
+    from lrmil.infer.engines.onnx_engine import OnnxEngine
+    from lrmil.infer.engines.torch_engine import TorchEngine
+
+    export_model(*tiny, tmp_path, input_dtype="float32")
+    assert read_sidecar(tmp_path / "encoder.onnx").inputs[0].dtype == "float32"
+    patches = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8)
+    got = OnnxEngine(tmp_path, "tiny").encode(patches)  # uint8 in, cast for the graph
+    assert (got - TorchEngine(*tiny).encode(patches)).abs().max() < 1e-5
+    with pytest.raises(ConfigError, match="input dtype must be one of"):
+        export_model(*tiny, tmp_path, input_dtype="int16")

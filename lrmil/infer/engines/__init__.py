@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from lrmil.errors import ConfigError
+from lrmil.errors import ConfigError, FileFormatError
 from lrmil.infer.engines.base import Engine
 
 ENGINES = ("torch", "onnx", "trt")
@@ -15,7 +15,8 @@ ENGINES = ("torch", "onnx", "trt")
 def load_engine(kind: str, run: str | Path, export_dir: str | Path | None = None,
                 fold: int | None = None, device: str | None = None) -> Engine:
     """The engine `kind` for the student of `run`. onnx/trt load RUN/export (or `export_dir`) and
-    refuse artifacts exported from other weights than the run's current ones."""
+    refuse artifacts exported from other weights than the run's current ones, or from another
+    fold than `fold` when one is given."""
     from lrmil.export.source import read_run_config, run_sha256
 
     run = Path(run)
@@ -37,10 +38,17 @@ def load_engine(kind: str, run: str | Path, export_dir: str | Path | None = None
     if kind == "onnx":
         from lrmil.infer.engines.onnx_engine import OnnxEngine
 
-        return OnnxEngine(exported, run_sha256(run))
-    from lrmil.infer.engines.trt_engine import TrtEngine
+        engine: Engine = OnnxEngine(exported, run_sha256(run))
+    else:
+        from lrmil.infer.engines.trt_engine import TrtEngine
 
-    return TrtEngine(exported, run_sha256(run))
+        engine = TrtEngine(exported, run_sha256(run))
+    if fold is not None and engine.meta.fold != fold:
+        raise FileFormatError(
+            f"{exported} holds the student of fold {engine.meta.fold or 'best'}, not fold {fold}; "
+            f"re-run `lrmil export {run} --fold {fold}`"
+        )
+    return engine
 
 
 __all__ = ["ENGINES", "Engine", "load_engine"]
