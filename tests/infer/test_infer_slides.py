@@ -139,3 +139,17 @@ def test_bad_arguments_are_refused(slides, onnx_engine, tmp_path):
         infer_slides([slides[0], twin], onnx_engine, tmp_path / "out")
     with pytest.raises(ConfigError, match="--batch-size"):
         infer_slides(slides, onnx_engine, tmp_path / "out", batch_size=0)
+
+
+def test_plain_images_need_an_mpp_and_folders_need_slides(slides, onnx_engine, tmp_path):
+    with open_slide(slides[1]) as slide:
+        w, h = slide.dimensions
+        Image.fromarray(slide.read(0, 0, w, h, w, h)).save(tmp_path / "scan.png")
+    summary = infer_slides([tmp_path / "scan.png"], onnx_engine, tmp_path / "a", workers=0)
+    assert summary.failed == 1 and "mpp" in summary.errors[0][1]
+    summary = infer_slides([tmp_path / "scan.png"], onnx_engine, tmp_path / "b", workers=0,
+                           mpp={"scan": 0.5})
+    assert summary.done == 1
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no slide files"):
+        infer_slides([tmp_path / "empty"], onnx_engine, tmp_path / "c")
