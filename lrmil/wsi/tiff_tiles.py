@@ -43,6 +43,20 @@ def _open(path: Path):
     return tif
 
 
+def _level_pages(tif, level_dimensions: tuple[tuple[int, int], ...]) -> list[int] | None:
+    """The page index of each OpenSlide level, or None if a level has no usable page."""
+    candidates = [(i, p) for i, p in enumerate(tif.pages) if p.is_tiled]
+    indices = []
+    for width, height in level_dimensions:
+        found = next(
+            (i for i, p in candidates if (p.imagewidth, p.imagelength) == (width, height)), None
+        )
+        if found is None or not _usable(tif.pages[found]):
+            return None
+        indices.append(found)
+    return indices
+
+
 class TiledTiff:
     def __init__(self, path: Path, tif, page_indices: list[int]) -> None:
         self._path = path
@@ -72,16 +86,13 @@ class TiledTiff:
             tif = _open(path)
         except Exception:  # OpenSlide opened it; leave any oddity to OpenSlide
             return None
-        indices = []
-        candidates = [(i, p) for i, p in enumerate(tif.pages) if p.is_tiled]
-        for width, height in level_dimensions:
-            found = next(
-                (i for i, p in candidates if (p.imagewidth, p.imagelength) == (width, height)), None
-            )
-            if found is None or not _usable(tif.pages[found]):
-                tif.close()
-                return None
-            indices.append(found)
+        try:
+            indices = _level_pages(tif, level_dimensions)
+        except Exception:  # e.g. a page chain cut short by truncation
+            indices = None
+        if indices is None:
+            tif.close()
+            return None
         return cls(path, tif, indices)
 
     def read(self, level: int, lx: int, ly: int, width: int, height: int) -> np.ndarray:

@@ -196,3 +196,16 @@ def test_huge_reductions_read_in_strips_equal_one_read(tmp_path, monkeypatch):
         strips = slide.read(0, 0, 400, 300, 130, 97)
         monkeypatch.setattr(slide_module, "MAX_READ_PIXELS", 1 << 26)
         np.testing.assert_allclose(strips, slide.read(0, 0, 400, 300, 130, 97), atol=2)
+
+
+@pytest.mark.parametrize("keep", [0.02, 0.3, 0.7, 0.95])
+def test_truncation_anywhere_gives_a_slide_error_or_a_read(tmp_path, synth_slide_path, keep):
+    data = synth_slide_path.read_bytes()
+    path = tmp_path / f"cut{keep}.svs"
+    path.write_bytes(data[: int(len(data) * keep)])
+    try:
+        with open_slide(path) as slide:
+            for (w, h), d in zip(slide.level_dimensions, slide.level_downsamples, strict=True):
+                slide.read(0, 0, round(w * d), round(h * d), w, h)
+    except SlideError as exc:
+        assert path.name in str(exc)
