@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from lrmil.data.patches import PatchDataset
 from lrmil.errors import SlideError
 from lrmil.infer.engines.base import Engine
 from lrmil.tiling.config import TilingConfig
 from lrmil.tiling.tiler import tile_slide
-from lrmil.wsi import Slide, open_slide
+from lrmil.wsi import open_slide
 
 
 @dataclass
@@ -38,32 +39,6 @@ class SlidePrediction:
     @property
     def predicted(self) -> int:
         return int(np.argmax(self.probabilities))
-
-
-class PatchBatches(Dataset):
-    """Item i = the i-th batch of LR patches, (B, P, P, 3) uint8, read in a worker."""
-
-    def __init__(self, path: Path, mpp: float | None, coords: np.ndarray, size0: int,
-                 patch_size: int, batch_size: int) -> None:
-        self.path, self.mpp, self.coords = path, mpp, coords
-        self.size0, self.patch_size, self.batch_size = size0, patch_size, batch_size
-        self._slide: Slide | None = None  # opened lazily: one handle per worker process
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.coords) / self.batch_size)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        if self._slide is None:
-            self._slide = open_slide(self.path, self.mpp)
-        rows = self.coords[i * self.batch_size:(i + 1) * self.batch_size]
-        patches = [self._slide.read_region(int(x), int(y), self.size0, self.patch_size)
-                   for x, y in rows]
-        return torch.from_numpy(np.stack(patches))
-
-    def close(self) -> None:
-        if self._slide is not None:
-            self._slide.close()
-            self._slide = None
 
 
 def predict_slide(path: str | Path, engine: Engine, tiling: TilingConfig, *,
@@ -87,16 +62,16 @@ def predict_slide(path: str | Path, engine: Engine, tiling: TilingConfig, *,
             scale = thumb.shape[1] / slide.dimensions[0]
     timings = {"tissue": time.perf_counter() - clock, "read": 0.0, "encode": 0.0}
 
-    patches = PatchBatches(path, mpp, tiles.coords, tiles.geometry.lr_size0,
-                           tiling.patch_size, batch_size)
-    workers = min(workers, len(patches) - 1)  # one batch: nothing to overlap, skip the spawn
-    loader = DataLoader(patches, batch_size=None, num_workers=workers,
+    patches = PatchDataset(path, tiles.coords, tiles.geometry.lr_size0, tiling.patch_size, mpp)
+    n_batches = math.ceil(len(patches) / batch_size)
+    workers = min(workers, n_batches - 1)  # one batch: nothing to overlap, skip the spawn
+    loader = DataLoader(patches, batch_size=batch_size, num_workers=workers,
                         pin_memory=engine.device.type == "cuda",
                         prefetch_factor=4 if workers else None)
     embeddings = []
     try:
         waited = time.perf_counter()
-        for batch in loader:
+        for batch, _ in loader:
             started = time.perf_counter()
             timings["read"] += started - waited  # time the encoder sat waiting for pixels
             embeddings.append(engine.encode(batch))
