@@ -8,7 +8,7 @@ from pathlib import Path
 from lrmil.errors import ConfigError
 from lrmil.synth.render import render_box
 from lrmil.synth.scene import Scene, SynthConfig, make_scene
-from lrmil.synth.tiff import write_pyramid
+from lrmil.synth.tiff import TILE, write_pyramid
 
 LABELS = ("negative", "positive")
 MIN_SIDE = 256
@@ -37,6 +37,10 @@ def write_slide(
         raise ConfigError(f"slide size must be at least {MIN_SIDE} px a side, got {width}x{height}")
     if not mpp > 0:
         raise ConfigError(f"mpp must be positive, got {mpp}")
+    if block <= 0 or block % TILE:
+        raise ConfigError(f"block must be a positive multiple of {TILE} px, got {block}")
+    if not 1 <= quality <= 100:
+        raise ConfigError(f"JPEG quality must be in 1..100, got {quality}")
     path = Path(path)
     scene = make_scene(seed, width, height, label, config)
     partial = path.with_name(f".{path.name}.partial")

@@ -81,7 +81,13 @@ def test_stain_varies_between_slides():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"label": "maybe"}, "label"), ({"width": 100}, "at least 256"), ({"mpp": 0.0}, "mpp")],
+    [
+        ({"label": "maybe"}, "label"),
+        ({"width": 100}, "at least 256"),
+        ({"mpp": 0.0}, "mpp"),
+        ({"block": 300}, "block"),
+        ({"quality": 0}, "quality"),
+    ],
 )
 def test_bad_arguments(tmp_path, kwargs, message):
     args = {"width": 512, "height": 512, "label": "negative", **kwargs}
