@@ -22,6 +22,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from lrmil.data.patches import PatchDataset
 from lrmil.encoders import build
 from lrmil.export import export_model
 from lrmil.export.graphs import EncoderGraph, HeadGraph
@@ -29,7 +30,7 @@ from lrmil.export.sidecar import ModelMeta
 from lrmil.infer.engines.onnx_engine import OnnxEngine
 from lrmil.infer.engines.torch_engine import TorchEngine
 from lrmil.infer.engines.trt_engine import require_tensorrt
-from lrmil.infer.pipeline import PatchBatches, predict_slide
+from lrmil.infer.pipeline import predict_slide
 from lrmil.mil import GatedABMIL
 from lrmil.tiling import TilingConfig, tile_slide
 from lrmil.wsi import open_slide
@@ -92,11 +93,10 @@ def hr_pipeline(path: Path, encoder: EncoderGraph, teacher: HeadGraph,
     with open_slide(path) as s:
         tiles = tile_slide(s, tiling)
     children = tiles.hr_coords[tiles.hr_valid]
-    batches = PatchBatches(path, None, children, tiles.geometry.hr_size0, tiling.patch_size,
-                           BATCH)
-    loader = DataLoader(batches, batch_size=None, num_workers=WORKERS, prefetch_factor=4)
+    patches = PatchDataset(path, children, tiles.geometry.hr_size0, tiling.patch_size)
+    loader = DataLoader(patches, batch_size=BATCH, num_workers=WORKERS, prefetch_factor=4)
     with torch.inference_mode():
-        features = torch.cat([encoder(b) for b in loader])
+        features = torch.cat([encoder(b) for b, _ in loader])
         probs, _ = teacher(features)
     return probs.numpy(), len(children)
 
