@@ -58,6 +58,8 @@ POOLS = {
     "loop": reference.gated_attention_pool_loop,
     "compiled": _compiled,
 }
+# Inductor (torch 2.13, CPU) fails an assertion generating the scatter of a one-bag batch.
+INDUCTOR_ONE_BAG = "torch.compile of the reference fails for a single bag (Inductor codegen)"
 summary = Summary()
 _inputs_cache: dict[str, tuple] = {}
 
@@ -108,6 +110,8 @@ def test_pool(benchmark, group, contender, mode):
         benchmark.pedantic(lambda: out.copy_(x), rounds=5, warmup_rounds=1)
         summary.add(group, f"copy {mode}", benchmark.stats.stats.median, gbps=gbps)
         return
+    if contender == "compiled" and inputs[-1].numel() == 2:
+        pytest.skip(INDUCTOR_ONE_BAG)
     fn = POOLS[contender]
     if mode == "fwd":  # correctness first
         for got, want in zip(fn(*inputs), reference.gated_attention_pool(*inputs), strict=True):
@@ -173,6 +177,7 @@ def write_summary() -> None:
         f"- end: {machine()}",
         "- Other processes shared these cores during the run (see the load averages): absolute",
         "  times are inflated and noisy; ratios come from contenders timed side by side.",
+        f"- Single bags have no torch.compile figure: {INDUCTOR_ONE_BAG}.",
         f"- L = {HIDDEN}; ragged lengths log-uniform in [50, 20000]; `x` gets gradients in the",
         "  fused-part runs; in the layer runs x is cached features (no gradient).",
         "",

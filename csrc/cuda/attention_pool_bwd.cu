@@ -64,6 +64,7 @@ __global__ void gate_backward_kernel(AttentionPoolParams p, const acc_t<S>* grad
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   A* mine = acc + warp * (L + 1);
   for (int64_t l = lane; l <= L; l += kWarp) mine[l] = 0;
+  __syncwarp();  // mine[L] is zeroed by lane L % 32 but accumulated by lane 0
   const S* proj = static_cast<const S*>(p.proj);
   const A* w = static_cast<const A*>(p.w);
   S* grad_proj = static_cast<S*>(p.grad_proj);

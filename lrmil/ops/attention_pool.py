@@ -102,20 +102,11 @@ def _(proj, x, w, b_w, offsets):
     )
 
 
-@torch.library.custom_op("lrmil::gated_attention_pool_backward", mutates_args=())
-def _pool_backward_op(
-    grad_pooled: Tensor,
-    grad_attn: Tensor | None,
-    grad_logits: Tensor | None,
-    proj: Tensor,
-    x: Tensor,
-    w: Tensor,
-    b_w: Tensor,
-    offsets: Tensor,
-    attn: Tensor,
-    need_grad_x: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients to proj, x, w and b_w; grad_x is empty (0 rows) unless need_grad_x."""
+def _launch_backward(
+    grad_pooled, grad_attn, grad_logits, proj, x, w, b_w, offsets, attn, need_grad_x, grad_proj
+):
+    """Runs the backward kernel, writing grad_proj into `grad_proj` (which may be proj itself:
+    each element of proj is read before its gradient is written, by the same thread)."""
     proj, x = _unit_columns(proj), _unit_columns(x)
     # Gradients of sums arrive as expanded (stride 0) views; the kernel reads rows in place.
     grad_pooled = _unit_columns(grad_pooled.to(x.dtype))
@@ -129,7 +120,6 @@ def _pool_backward_op(
         attn.contiguous(),
     )
     n_rows, dim = x.shape
-    grad_proj = torch.empty(proj.shape, dtype=proj.dtype, device=proj.device)
     grad_x = x.new_empty(x.shape if need_grad_x else (0, dim))
     grad_w = torch.empty_like(w)
     grad_b_w = torch.empty_like(b_w)
@@ -146,13 +136,65 @@ def _pool_backward_op(
         grad_w=grad_w.data_ptr(), grad_b_w=grad_b_w.data_ptr(),
         device=_device_index(x), stream=_ext.stream_of(x),
     )  # fmt: skip
-    return grad_proj, grad_x, grad_w, grad_b_w
+    return grad_x, grad_w, grad_b_w
+
+
+@torch.library.custom_op("lrmil::gated_attention_pool_backward", mutates_args=())
+def _pool_backward_op(
+    grad_pooled: Tensor,
+    grad_attn: Tensor | None,
+    grad_logits: Tensor | None,
+    proj: Tensor,
+    x: Tensor,
+    w: Tensor,
+    b_w: Tensor,
+    offsets: Tensor,
+    attn: Tensor,
+    need_grad_x: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients to proj, x, w and b_w; grad_x is empty (0 rows) unless need_grad_x."""
+    grad_proj = torch.empty(proj.shape, dtype=proj.dtype, device=proj.device)
+    grads = _launch_backward(
+        grad_pooled, grad_attn, grad_logits, proj, x, w, b_w, offsets, attn, need_grad_x, grad_proj
+    )
+    return grad_proj, *grads
 
 
 @_pool_backward_op.register_fake
 def _(grad_pooled, grad_attn, grad_logits, proj, x, w, b_w, offsets, attn, need_grad_x):
     return (
         torch.empty(proj.shape, dtype=proj.dtype, device=proj.device),
+        x.new_empty(x.shape if need_grad_x else (0, x.shape[1])),
+        torch.empty_like(w),
+        torch.empty_like(b_w),
+    )
+
+
+@torch.library.custom_op("lrmil::gated_attention_pool_backward_", mutates_args=("proj",))
+def _pool_backward_inplace_op(
+    grad_pooled: Tensor,
+    grad_attn: Tensor | None,
+    grad_logits: Tensor | None,
+    proj: Tensor,
+    x: Tensor,
+    w: Tensor,
+    b_w: Tensor,
+    offsets: Tensor,
+    attn: Tensor,
+    need_grad_x: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """As gated_attention_pool_backward, but overwrites proj (contiguous) with its gradient:
+    no second (T, 2L) buffer. Returns grad_x (empty unless need_grad_x), grad_w, grad_b_w."""
+    if not proj.is_contiguous():
+        raise ValueError("gated_attention_pool_backward_: proj must be contiguous")
+    return _launch_backward(
+        grad_pooled, grad_attn, grad_logits, proj, x, w, b_w, offsets, attn, need_grad_x, proj
+    )
+
+
+@_pool_backward_inplace_op.register_fake
+def _(grad_pooled, grad_attn, grad_logits, proj, x, w, b_w, offsets, attn, need_grad_x):
+    return (
         x.new_empty(x.shape if need_grad_x else (0, x.shape[1])),
         torch.empty_like(w),
         torch.empty_like(b_w),
@@ -257,6 +299,41 @@ def gated_attention_pool(
     return _pool_op(proj, x, w.to(acc), b_w.to(acc).reshape(()), offsets.to(torch.int64))
 
 
+class _GatedAttentionLayer(torch.autograd.Function):
+    """Projection GEMM + fused pooling as one autograd node. It keeps proj (T, 2L) for backward
+    and overwrites it there with its own gradient, so a training step holds one (T, 2L) buffer
+    where autograd would hold proj and grad_proj (and eager code the gate activations too).
+    Hence its backward can run only once per forward (retain_graph is refused)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, w, b_w, offsets):
+        proj = torch.nn.functional.linear(x, weight, bias).to(x.dtype)
+        pooled, attn, logits = _pool_op(proj, x, w, b_w, offsets)
+        ctx.save_for_backward(x, weight, proj, w, b_w, offsets, attn)
+        ctx.backward_done = False
+        return pooled, attn, logits
+
+    @staticmethod
+    def backward(ctx, grad_pooled, grad_attn, grad_logits):
+        if ctx.backward_done:
+            raise RuntimeError(
+                "GatedAttentionPool: backward ran twice through one forward (retain_graph); "
+                "its backward reuses the forward's buffers, run the forward again instead"
+            )
+        ctx.backward_done = True
+        x, weight, proj, w, b_w, offsets, attn = ctx.saved_tensors
+        need_x = ctx.needs_input_grad[0]
+        grad_x, grad_w, grad_b_w = _pool_backward_inplace_op(
+            grad_pooled, grad_attn, grad_logits, proj, x, w, b_w, offsets, attn, need_x
+        )
+        grad_proj = proj  # now holds d loss / d proj
+        grad_weight = (grad_proj.t() @ x).to(weight.dtype)
+        grad_bias = grad_proj.sum(0).to(weight.dtype)
+        if need_x:
+            grad_x = grad_x + grad_proj @ weight.to(grad_proj.dtype)
+        return grad_x if need_x else None, grad_weight, grad_bias, grad_w, grad_b_w, None
+
+
 def _exporting() -> bool:
     return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
 
@@ -265,9 +342,11 @@ class GatedAttentionPool(nn.Module):
     """Gated attention MIL pooling (Ilse et al. 2018) over packed ragged bags.
 
     Holds V and U as one Linear(in_dim, 2 * hidden) (its output is `proj`), w (hidden,) and
-    b_w (); the projection GEMM runs in torch (MKL / cuBLAS), the rest in the fused op. Under
-    torch.export / ONNX export it runs the pure-torch reference so that exported graphs hold no
-    custom op.
+    b_w (); the projection GEMM runs in torch (MKL / cuBLAS), the rest in the fused op. In
+    training, GEMM and pooling form one autograd node whose backward overwrites proj with its
+    gradient (one (T, 2L) buffer per step; backward runs once per forward, no retain_graph).
+    Under torch.export / ONNX export it runs the pure-torch reference so that exported graphs
+    hold no custom op.
 
     forward(x (T, in_dim), offsets (B + 1,)) -> (pooled (B, in_dim), attn (T,), logits (T,)).
     """
@@ -289,11 +368,20 @@ class GatedAttentionPool(nn.Module):
             raise ValueError(
                 f"GatedAttentionPool: x must be (T, {self.in_dim}), got shape {tuple(x.shape)}"
             )
-        proj = self.gate(x)
         if _exporting():
-            return reference.gated_attention_pool(proj, x, self.w, self.b_w, offsets)
-        # Under autocast the GEMM may return a lower precision than x: the op wants one dtype.
-        return gated_attention_pool(proj.to(x.dtype), x, self.w, self.b_w, offsets)
+            return reference.gated_attention_pool(self.gate(x), x, self.w, self.b_w, offsets)
+        if not torch.is_grad_enabled():
+            # Under autocast the GEMM may return a lower precision than x: the op wants one.
+            proj = self.gate(x).to(x.dtype)
+            return gated_attention_pool(proj, x, self.w, self.b_w, offsets)
+        # proj is made inside from x: check the rest with a zero-copy stand-in of its shape.
+        proj_like = x.new_empty(1, 1).expand(x.shape[0], 2 * self.hidden)
+        _check_args(proj_like, x, self.w, self.b_w, offsets)
+        acc = _acc_dtype(x.dtype)
+        w, b_w = self.w.to(acc), self.b_w.to(acc).reshape(())
+        return _GatedAttentionLayer.apply(
+            x, self.gate.weight, self.gate.bias, w, b_w, offsets.to(torch.int64)
+        )
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, hidden={self.hidden}"

@@ -265,6 +265,52 @@ def test_module_matches_reference_and_trains():
         layer(torch.randn(3, 5), torch.tensor([0, 3]))
 
 
+@pytest.mark.parametrize("x_needs_grad", [False, True])
+def test_module_training_gradients_match_reference(x_needs_grad):
+    torch.manual_seed(0)
+    layer = GatedAttentionPool(12, hidden=8)
+    x = torch.randn(40, 12, requires_grad=x_needs_grad)
+    offsets = torch.tensor([0, 10, 10, 33, 40])
+
+    def loss_and_grads(pool):
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        pooled, attn, logits = pool()
+        (pooled.square().sum() + (attn * logits).sum()).backward()
+        return [p.grad.clone() for p in layer.parameters()] + [x.grad]
+
+    got = loss_and_grads(lambda: layer(x, offsets))
+    want = loss_and_grads(
+        lambda: reference.gated_attention_pool(layer.gate(x), x, layer.w, layer.b_w, offsets)
+    )
+    for g, w in zip(got, want, strict=True):
+        if not x_needs_grad and w is None:
+            assert g is None
+            continue
+        assert_close_report(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_module_backward_twice_is_refused():
+    layer = GatedAttentionPool(4, hidden=2)
+    pooled, _, _ = layer(torch.randn(5, 4), torch.tensor([0, 5]))
+    pooled.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        pooled.sum().backward()
+
+
+def test_module_under_torch_compile():
+    torch.manual_seed(0)
+    layer = GatedAttentionPool(8, hidden=4)
+    x, offsets = torch.randn(20, 8), torch.tensor([0, 7, 20])
+    compiled = torch.compile(layer, backend="aot_eager")
+    compiled(x, offsets)[0].sum().backward()
+    got = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    layer(x, offsets)[0].sum().backward()
+    for g, p in zip(got, layer.parameters(), strict=True):
+        assert_close_report(g, p.grad, rtol=1e-5, atol=1e-6)
+
+
 def test_module_exports_without_the_custom_op():
     layer = GatedAttentionPool(6, hidden=4).eval()
     x, offsets = torch.randn(9, 6), torch.tensor([0, 4, 9])
@@ -272,3 +318,15 @@ def test_module_exports_without_the_custom_op():
     assert "lrmil" not in str(program.graph)
     for got, want in zip(program.module()(x, offsets), layer(x, offsets), strict=True):
         assert_close_report(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_module_exports_to_onnx_and_runs(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    layer = GatedAttentionPool(6, hidden=4).eval()
+    x, offsets = torch.randn(9, 6), torch.tensor([0, 4, 4, 9])
+    path = tmp_path / "pool.onnx"
+    torch.onnx.export(layer, (x, offsets), dynamo=True, input_names=["x", "offsets"]).save(path)
+    session = ort.InferenceSession(str(path))
+    outputs = session.run(None, {"x": x.numpy(), "offsets": offsets.numpy()})
+    for got, want in zip(outputs, layer(x, offsets), strict=True):
+        assert_close_report(torch.from_numpy(got), want.detach(), rtol=1e-5, atol=1e-6)
