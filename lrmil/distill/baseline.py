@@ -27,7 +27,7 @@ def train_baseline(cohort: Cohort, fold: Fold, cfg: DistillConfig, fold_dir: Pat
     model = GatedABMIL(dim, len(cohort.class_names), cfg.mil.hidden, cfg.mil.proj_dim,
                        dropout=cfg.mil.dropout)
     result = train_mil(model, bags(fold.train), bags(fold.val), cfg.baseline, device, seed,
-                       progress=progress)
+                       progress=progress, standardize=cfg.mil.standardize)
     probs, _ = predict(model, bags(fold.test), device)
     write_predictions(fold_dir / "pred_baseline.csv", fold.test,
                       [cohort.slides[n].label for n in fold.test], probs, cohort.class_names)

@@ -47,6 +47,7 @@ class MILConfig:
     hidden: int = 128  # L, the gate's hidden size (authors' code)
     proj_dim: int | None = None  # optional input projection (Linear + ReLU) before the gate
     dropout: float = 0.1  # on the (projected) instance features, training only
+    standardize: bool = True  # standardise inputs with the training instances' mean / std
 
 
 @dataclass

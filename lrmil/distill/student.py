@@ -63,7 +63,7 @@ def train_student(cohort: Cohort, fold: Fold, cfg: DistillConfig, kd: StudentCon
     result = train_mil(
         model, student_bags(cohort, fold.train, features, teacher, kd.attn_map),
         student_bags(cohort, fold.val, features, teacher, kd.attn_map), cfg.student, device,
-        seed, loss_fn=student_loss(kd), progress=progress)
+        seed, loss_fn=student_loss(kd), progress=progress, standardize=cfg.mil.standardize)
     test = [Bag(n, features[n], cohort.slides[n].label) for n in fold.test]
     probs, _ = predict(model, test, device)
     write_predictions(fold_dir / f"pred_{name}.csv", fold.test, [b.label for b in test], probs,

@@ -35,7 +35,8 @@ def train_teacher(cohort: Cohort, fold: Fold, cfg: DistillConfig, fold_dir: Path
     model = GatedABMIL(dim, len(cohort.class_names), cfg.mil.hidden, cfg.mil.proj_dim,
                        dropout=cfg.mil.dropout)
     result = train_mil(model, hr_bags(cohort, fold.train), hr_bags(cohort, fold.val),
-                       cfg.teacher, device, seed, progress=progress)
+                       cfg.teacher, device, seed, progress=progress,
+                       standardize=cfg.mil.standardize)
     write_teacher_outputs(model, cohort, fold_dir / OUTPUTS, device)
     probs, _ = predict(model, hr_bags(cohort, fold.test), device)
     write_predictions(fold_dir / "pred_teacher.csv", fold.test,

@@ -84,9 +84,12 @@ def _val_score(model: GatedABMIL, bags: Sequence[Bag], device: torch.device,
 
 def train_mil(model: GatedABMIL, train: Sequence[Bag], val: Sequence[Bag], cfg: TrainConfig,
               device: torch.device, seed: int, loss_fn: LossFn = ce_loss,
-              progress: Progress | None = None) -> TrainResult:
+              progress: Progress | None = None, standardize: bool = True) -> TrainResult:
     """Train in place and leave the model at its best validation epoch (AUC, then lower NLL:
-    AUC alone saturates on easy data and would keep an under-trained early epoch)."""
+    AUC alone saturates on easy data and would keep an under-trained early epoch).
+    `standardize`: first set the model's input statistics from the training instances."""
+    if standardize:
+        model.set_input_stats(torch.cat([b.features for b in train]))
     torch.manual_seed(seed)  # dropout
     generator = torch.Generator().manual_seed(seed)
     model.to(device)

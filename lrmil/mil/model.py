@@ -20,7 +20,9 @@ class MILOutput:
 
 class GatedABMIL(nn.Module):
     """`e_j = w . (tanh(V h_j) * sigmoid(U h_j)) + b_w`, `z = sum_j softmax(e)_j h_j`,
-    `logits = C z`; h_j is the instance feature, optionally after a Linear + ReLU projection.
+    `logits = C z`; h_j is the instance feature, standardised with per-dimension statistics
+    (buffers, set from the training instances by `set_input_stats`; identity until then),
+    optionally after a Linear + ReLU projection.
 
     Takes the instances of B bags packed in `x (T, D)` with `offsets (B+1,)`, so a batch holds
     several bags of different sizes without padding.
@@ -39,8 +41,18 @@ class GatedABMIL(nn.Module):
         self.pool = GatedAttentionPool(feat_dim, hidden)
         self.classifier = nn.Linear(feat_dim, n_classes)
         self.instance_head = nn.Linear(feat_dim, 2) if instance_head else None
+        self.register_buffer("in_mean", torch.zeros(in_dim))
+        self.register_buffer("in_std", torch.ones(in_dim))
+
+    @torch.no_grad()
+    def set_input_stats(self, x: torch.Tensor) -> None:
+        """Standardise inputs with the mean / std of `x (T, D)` (the training instances):
+        encoder features come at any scale, and unscaled ones stall the gate's training."""
+        self.in_mean.copy_(x.mean(0))
+        self.in_std.copy_(x.std(0).clamp_min(1e-6))
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> MILOutput:
+        x = (x - self.in_mean) / self.in_std
         h = self.dropout(self.project(x))
         pooled, attn, attn_logits = self.pool(h, offsets)
         logits = self.classifier(pooled)

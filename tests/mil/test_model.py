@@ -60,6 +60,20 @@ def test_gradients_reach_every_parameter():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
+def test_input_standardisation():
+    model = GatedABMIL(3, 2, hidden=4).eval()
+    x = torch.randn(20, 3) * torch.tensor([100.0, 1.0, 0.01]) + 5
+    offsets = torch.tensor([0, 20])
+    before = model(x, offsets).logits
+    model.set_input_stats(x)
+    h = (x - x.mean(0)) / x.std(0)
+    torch.testing.assert_close(model.in_mean, x.mean(0))
+    after = model(x, offsets)
+    assert not torch.allclose(before, after.logits)
+    z = torch.softmax(after.attn_logits, 0) @ h
+    torch.testing.assert_close(after.logits[0], model.classifier(z))
+
+
 def test_hparams_round_trip():
     model = GatedABMIL(6, 4, hidden=8, proj_dim=5, instance_head=True)
     clone = GatedABMIL.from_hparams(model.hparams())
