@@ -116,8 +116,8 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     features, labels, dropped = prepare(args.work, args.slides, args.size, args.workers)
     results: dict[str, dict[int, dict]] = {}
-    for mode in args.modes:
-        for seed in args.seeds:
+    for seed in args.seeds:  # every mode of a seed first: partial results cover both modes
+        for mode in args.modes:
             report = distill(args.work, features, labels, mode, seed, args.overrides)
             results.setdefault(mode, {})[seed] = report
             text = summarise(results, dropped, args)

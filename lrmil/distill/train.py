@@ -122,12 +122,14 @@ def train_mil(model: GatedABMIL, train: Sequence[Bag], val: Sequence[Bag], cfg: 
         if progress is not None:
             progress(epoch, stats)
         score = (-math.inf if math.isnan(val_auc) else val_auc, -val_nll)
-        if best is None or score > best:
+        # Until min_epochs the latest epoch is kept: an early lucky AUC on a small validation
+        # set would otherwise keep a barely trained model.
+        if epoch <= cfg.min_epochs or best is None or score > best:
             best, best_epoch, stale = score, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-            if stale >= cfg.patience and epoch >= cfg.min_epochs:
+            if stale >= cfg.patience:
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
