@@ -67,4 +67,3 @@ def tiny_lr_export(tiny_lr_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_export")
     export_model(*tiny_lr_model, out)
     return out
-

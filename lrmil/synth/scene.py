@@ -37,13 +37,15 @@ class SynthConfig:
     nest_diameter: tuple[float, float] = (8.0, 11.0)  # closer to the tumour's: harder at 5x
     cluster_radius: tuple[float, float] = (45.0, 90.0)  # = focus_radius: size tells nothing
     normal_diameter: tuple[float, float] = (5.0, 7.0)
-    lr_cue: float = 1.0  # 0..1: strength of the faint low-power cue of the foci (eosin, size)
+    lr_cue: float = 1.0  # 0..1: how much pinker the foci's cytoplasm is (a faint 5x cue)
     stain_jitter: float = 0.05  # per-slide perturbation of the stain vectors
     islands: tuple[int, int] = (1, 4)
 
 
 @dataclass(frozen=True)
 class Region:
+    """A disc of special tissue (outline warped by noise), in level-0 px."""
+
     kind: str  # "focus" | "lymph" | "nest"
     x: float
     y: float
