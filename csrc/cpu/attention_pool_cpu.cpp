@@ -1,10 +1,12 @@
 // Gated attention pooling on the CPU (OpenMP).
 //
 // Forward: (1) logits, parallel over rows; (2) per-bag max-subtracted softmax over the T scalar
-// logits, parallel over bags; (3) pooling, parallel over (bag, column block) items, so one huge
-// bag still spreads over every core. proj and x are each read once; the only re-read is of the
-// T logits, which is why the CPU splits the online softmax into these steps.
-// Backward recomputes the gate row by row and keeps only O(T) scalars and O(L) partial sums.
+// logits, parallel over bags; (3) pooling, parallel over items of up to kPoolRows rows of a bag,
+// so one huge bag still spreads over every core, with x read row after row. proj and x are each
+// read once; the only re-read is of the T logits, which is why the CPU splits the online
+// softmax into these steps.
+// Backward recomputes the gate row by row and keeps only O(T) scalars and O(items * (L + D))
+// partial sums.
 //
 // Every reduction runs in an order fixed by the shapes, never by thread scheduling, so two
 // runs give bit-identical results whatever the number of threads.
@@ -22,7 +24,7 @@
 namespace lrmil {
 namespace {
 
-constexpr int64_t kColumnBlock = 64;   // columns of x per pooling item (256 B of fp32)
+constexpr int64_t kPoolRows = 256;     // rows of one bag per pooling item
 constexpr int64_t kRowChunk = 512;     // rows per partial sum of grad_w (fixed: determinism)
 // Below this many element operations a call runs on one thread: forking and joining threads
 // costs more than it saves on small bags (and much more on a busy machine).
@@ -75,26 +77,46 @@ void bag_softmax(const AttentionPoolParams& p, const A* logits, A* attn) {
   }
 }
 
+// Pooling in items of at most kPoolRows rows of one bag, each summing whole rows of x (streamed
+// in order) into its own partial; then each bag adds its items' partials in item order. The
+// items depend only on the offsets, so the sums do not depend on thread scheduling.
 template <typename S>
 void pool(const AttentionPoolParams& p, const acc_t<S>* attn) {
   using A = acc_t<S>;
   const S* x = static_cast<const S*>(p.x);
   S* pooled = static_cast<S*>(p.pooled);
-  const int64_t blocks = (p.dim + kColumnBlock - 1) / kColumnBlock;
+  const int64_t D = p.dim;
+  std::vector<int64_t> first_item(static_cast<size_t>(p.n_bags + 1), 0);
+  for (int64_t b = 0; b < p.n_bags; ++b) {
+    const int64_t rows = p.offsets[b + 1] - p.offsets[b];
+    first_item[b + 1] = first_item[b] + std::max<int64_t>(1, (rows + kPoolRows - 1) / kPoolRows);
+  }
+  const int64_t n_items = first_item[p.n_bags];
+  std::vector<A> partial(static_cast<size_t>(n_items * D));
 #pragma omp parallel for schedule(dynamic, 1) if (worth_threads(p))
-  for (int64_t item = 0; item < p.n_bags * blocks; ++item) {
-    const int64_t b = item / blocks;
-    const int64_t c0 = (item % blocks) * kColumnBlock;
-    const int64_t width = std::min(kColumnBlock, p.dim - c0);
-    A acc[kColumnBlock] = {};
-    for (int64_t t = p.offsets[b]; t < p.offsets[b + 1]; ++t) {
+  for (int64_t item = 0; item < n_items; ++item) {
+    const int64_t b = bag_of_row(first_item.data(), p.n_bags, item);
+    const int64_t start = p.offsets[b] + (item - first_item[b]) * kPoolRows;
+    const int64_t end = std::min(p.offsets[b + 1], start + kPoolRows);
+    A* acc = partial.data() + item * D;
+    std::fill(acc, acc + D, A(0));
+    for (int64_t t = start; t < end; ++t) {
       const A a = attn[t];
-      const S* row = x + t * p.x_row_stride + c0;
+      const S* row = x + t * p.x_row_stride;
 #pragma omp simd
-      for (int64_t j = 0; j < width; ++j) acc[j] += a * load(row + j);
+      for (int64_t j = 0; j < D; ++j) acc[j] += a * load(row + j);
     }
-    S* out = pooled + b * p.dim + c0;
-    for (int64_t j = 0; j < width; ++j) store(out + j, acc[j]);
+  }
+#pragma omp parallel for schedule(static) if (worth_threads(p))
+  for (int64_t b = 0; b < p.n_bags; ++b) {
+    A* acc = partial.data() + first_item[b] * D;
+    for (int64_t item = first_item[b] + 1; item < first_item[b + 1]; ++item) {
+      const A* more = partial.data() + item * D;
+#pragma omp simd
+      for (int64_t j = 0; j < D; ++j) acc[j] += more[j];
+    }
+    S* out = pooled + b * D;
+    for (int64_t j = 0; j < D; ++j) store(out + j, acc[j]);
   }
 }
 
