@@ -20,6 +20,7 @@ namespace {
 constexpr int64_t kChunk = 1024;       // the most features per task (stack buffers)
 constexpr int64_t kSmallChunk = 128;   // features per task when N is small
 constexpr int64_t kManyRows = 64;      // from this many rows on, tasks take whole rows
+constexpr int64_t kParallelWork = 1 << 16;  // fewer elements read than this: one thread
 
 struct Chunking {
   int64_t size, count;
@@ -44,12 +45,16 @@ A sum_chunk(const A* x, int64_t len) {
   return total;
 }
 
-// Runs task(row, d0, len, slot) over all (row, feature chunk) pairs in parallel.
+// Runs task(row, d0, len, slot) over all (row, feature chunk) pairs, in parallel when the
+// work (elements read per feature, over all rows) is worth waking the thread team. Dynamic
+// scheduling: on a busy machine a thread that is not scheduled does not hold up the others'
+// share (each task writes its own slot, so the results do not depend on who ran it).
 template <typename Task>
-void for_each_chunk(int64_t n, int64_t d, Task task) {
+void for_each_chunk(int64_t n, int64_t d, int64_t elems_per_feature, Task task) {
   const Chunking ch = chunking(n, d);
   const int64_t tasks = n * ch.count;
-#pragma omp parallel for schedule(static)
+  const bool parallel = n * d * elems_per_feature >= kParallelWork;
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
   for (int64_t job = 0; job < tasks; ++job) {
     const int64_t row = job / ch.count;
     const int64_t d0 = (job % ch.count) * ch.size;
@@ -57,11 +62,11 @@ void for_each_chunk(int64_t n, int64_t d, Task task) {
   }
 }
 
-// loss[i] = scale(i) * sum of the row's chunk partials, in chunk order.
+// loss[i] = scale(i) * sum of the row's chunk partials, in chunk order. Serial: it is tiny
+// next to the chunk tasks and not worth a second wake-up of the thread team.
 template <typename A, typename Scale>
 void reduce_rows(int64_t n, int64_t d, const std::vector<A>& partial, A* loss, Scale scale) {
   const int64_t chunks = chunking(n, d).count;
-#pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     A total = 0;
     for (int64_t c = 0; c < chunks; ++c) total += partial[i * chunks + c];
@@ -80,7 +85,7 @@ void child_mse_fwd_impl(const ChildMseParams& p) {
   const int64_t s_sd = fstride<Contig>(p.s_sd), t_sd = fstride<Contig>(p.t_sd);
   std::vector<A> partial(p.n * chunking(p.n, p.d).count);
 
-  for_each_chunk(p.n, p.d, [&](int64_t i, int64_t d0, int64_t len, int64_t slot) {
+  for_each_chunk(p.n, p.d, p.k, [&](int64_t i, int64_t d0, int64_t len, int64_t slot) {
     const A* wi = w + i * p.w_sn;
     const A total = weight_sum(wi, p.k, p.w_sk);
     A* tb = Mean ? tbar + i * p.d + d0 : nullptr;
@@ -129,7 +134,7 @@ void child_mse_bwd_impl(const ChildMseParams& p) {
   T* dt = static_cast<T*>(p.dt);
   const int64_t s_sd = fstride<Contig>(p.s_sd), t_sd = fstride<Contig>(p.t_sd);
 
-  for_each_chunk(p.n, p.d, [&](int64_t i, int64_t d0, int64_t len, int64_t) {
+  for_each_chunk(p.n, p.d, p.k, [&](int64_t i, int64_t d0, int64_t len, int64_t) {
     const A* wi = w + i * p.w_sn;
     const A total = weight_sum(wi, p.k, p.w_sk);
     const A g_scale = grad[i] * child_mse_scale(total, p.d);
@@ -177,7 +182,7 @@ void block_mse_fwd_impl(const BlockMseParams& p) {
   const int64_t k = p.r * p.r, t_sd = fstride<Contig>(p.t_sd);
   std::vector<A> partial(p.n * chunking(p.n, p.d).count);
 
-  for_each_chunk(p.n, p.d, [&](int64_t i, int64_t d0, int64_t len, int64_t slot) {
+  for_each_chunk(p.n, p.d, p.g * p.g + k, [&](int64_t i, int64_t d0, int64_t len, int64_t slot) {
     const uint8_t* vi = p.valid + i * p.v_sn;
     A m[kChunk], err[kChunk];
     for (int64_t j = 0; j < len; ++j) err[j] = 0;
@@ -205,7 +210,7 @@ void block_mse_bwd_impl(const BlockMseParams& p) {
   const int64_t k = p.r * p.r, b = p.g / p.r, t_sd = fstride<Contig>(p.t_sd);
   const A inv_area = A(1) / A(b * b);
 
-  for_each_chunk(p.n, p.d, [&](int64_t i, int64_t d0, int64_t len, int64_t) {
+  for_each_chunk(p.n, p.d, p.g * p.g + k, [&](int64_t i, int64_t d0, int64_t len, int64_t) {
     const uint8_t* vi = p.valid + i * p.v_sn;
     const A g_scale = grad[i] * block_mse_scale<A>(count_valid(vi, k, p.v_sk), p.d);
     A gm[kChunk];
