@@ -229,6 +229,23 @@ def test_deterministic_on_cpu():
         assert torch.equal(first, second)
 
 
+def test_same_bits_whatever_the_thread_count():
+    s, t = _rand(8, 700, grad=True), _rand(8, 16, 700, seed=1)
+    grid, w, valid = _rand(8, 8, 8, 700, seed=2, grad=True), _weights(8, 16), _valid(8, 16)
+    threads = torch.get_num_threads()
+
+    def run(n_threads):
+        torch.set_num_threads(n_threads)
+        try:
+            loss = child_mse(s, t, w) + block_mse(grid, t, valid, 4)
+            return (loss, *_grads(loss, (s, grid)))
+        finally:
+            torch.set_num_threads(threads)
+
+    for one, two in zip(run(1), run(2), strict=True):
+        assert torch.equal(one, two)
+
+
 @pytest.mark.parametrize("t_grad", [False, True])
 def test_opcheck(t_grad):
     s, t = _rand(3, 5, grad=True), _rand(3, 4, 5, seed=1, grad=t_grad)
