@@ -19,6 +19,7 @@ writes bench/results/attention_pool_cpu.md (ratios) at the end of the module.
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -28,7 +29,11 @@ from lrmil.ops import GatedAttentionPool, gated_attention_pool, reference
 from lrmil.testing import assert_close_report, attention_pool_inputs
 
 HIDDEN = 128
-SUMMARY_MD = RESULTS / "attention_pool_cpu.md"
+# A run under OMP_WAIT_POLICY=PASSIVE gets its own summary (see the note written into it).
+_PASSIVE = os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+SUMMARY_MD = RESULTS / (
+    "attention_pool_cpu_omp-passive.md" if _PASSIVE else "attention_pool_cpu.md"
+)
 
 
 def log_uniform_lengths(n_bags: int, seed: int, low: int = 50, high: int = 20000) -> list[int]:
@@ -178,6 +183,9 @@ def write_summary() -> None:
         "- Other processes shared these cores during the run (see the load averages): absolute",
         "  times are inflated and noisy; ratios come from contenders timed side by side.",
         f"- Single bags have no torch.compile figure: {INDUCTOR_ONE_BAG}.",
+        f"- OpenMP wait policy: {os.environ.get('OMP_WAIT_POLICY', 'default (spin, then sleep)')}."
+        " On these oversubscribed cores libgomp's default spin-waiting cost the fused op (and"
+        " torch's own parallel ops) tens of ms per call; PASSIVE avoids it.",
         f"- L = {HIDDEN}; ragged lengths log-uniform in [50, 20000]; `x` gets gradients in the",
         "  fused-part runs; in the layer runs x is cached features (no gradient).",
         "",
