@@ -127,6 +127,21 @@ def test_deterministic_bitwise():
         assert torch.equal(a, b)
 
 
+def test_same_bits_with_one_and_two_threads():
+    # torch and the kernels share one OpenMP runtime, so this sets the kernels' threads too.
+    inputs = make_inputs([9000, 0, 3, 1500], 200, seed=6)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = run(gated_attention_pool, *inputs)
+        torch.set_num_threads(2)
+        double = run(gated_attention_pool, *inputs)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(single[0] + single[1], double[0] + double[1], strict=True):
+        assert torch.equal(a, b)
+
+
 def test_int32_offsets_match_int64():
     proj, x, w, b_w, offsets = make_inputs([2, 0, 5], 4)
     for a, b in zip(
