@@ -34,8 +34,23 @@ test-slow: build
 bench: build
 	$(PY) -m pytest bench -m "not slow" -p no:cacheprovider $(PYTEST_ARGS)
 
+# The main job end to end on a built-in synthetic cohort: synth -> tile -> embed -> distill ->
+# export (ONNX) -> infer (ONNX Runtime) on held-out slides. Re-running resumes from DEMO_DIR.
+DEMO_DIR ?= demo_out
+LRMIL := $(VENV)/bin/lrmil
 demo: build
-	$(VENV)/bin/lrmil info
+	$(LRMIL) info
+	$(LRMIL) synth $(DEMO_DIR)/cohort --slides 24 --size 2048 --foci 8 12 --seed 0 --workers 2
+	$(LRMIL) tile $(DEMO_DIR)/cohort/slides --out $(DEMO_DIR)/tiled --patch-size 64 --workers 2
+	$(LRMIL) embed $(DEMO_DIR)/tiled --encoder lrmil-cnn --mag both --layers default --out $(DEMO_DIR)/features
+	$(LRMIL) distill --features $(DEMO_DIR)/features --labels $(DEMO_DIR)/cohort/labels.csv \
+		--tiled $(DEMO_DIR)/tiled --out $(DEMO_DIR)/run --config configs/demo.yaml
+	$(LRMIL) export $(DEMO_DIR)/run --format onnx
+	$(LRMIL) synth $(DEMO_DIR)/heldout --slides 4 --size 2048 --foci 8 12 --seed 1
+	$(LRMIL) infer $(DEMO_DIR)/heldout/slides --model $(DEMO_DIR)/run --engine onnx \
+		--out $(DEMO_DIR)/predictions
+	cat $(DEMO_DIR)/predictions/predictions.csv
+	@echo "labels of the held-out slides:"; cat $(DEMO_DIR)/heldout/labels.csv
 
 lint: env
 	$(VENV)/bin/ruff check lrmil cli tests bench
