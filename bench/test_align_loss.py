@@ -13,8 +13,7 @@ writes a markdown summary of the ratios to bench/results/align_loss_cpu.md. On a
 wall-clock times of small shapes mostly measure thread wake-ups; a single-threaded run timed in
 CPU time is far steadier and goes to align_loss_cpu_1thread.md:
 
-    OMP_NUM_THREADS=1 MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296 \
-        .venv/bin/python -m pytest bench/test_align_loss.py \
+    OMP_NUM_THREADS=1 .venv/bin/python -m pytest bench/test_align_loss.py \
         --benchmark-timer time.thread_time \
         --benchmark-json bench/results/align_loss_cpu_1thread.json
 """
@@ -24,15 +23,14 @@ from __future__ import annotations
 import os
 import platform
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import RESULTS, peak_extra_bytes
 
 from lrmil.ops import block_mse, child_mse
 from lrmil.ops import reference as ref
 
-RESULTS = Path(__file__).parent / "results"
 K, G, R = 16, 16, 4
 CHILD_SHAPES = [(n, d) for n in (256, 2048) for d in (512, 768, 1024)]
 BLOCK_SHAPES = [(256, 512), (256, 768), (256, 1024), (2048, 512)]
@@ -46,21 +44,6 @@ _bytes: dict[str, int] = {}  # group -> minimal bytes moved by the fused op
 for _name in ("recompile_limit", "cache_size_limit"):  # one compiled graph per shape and mode
     if hasattr(torch._dynamo.config, _name):
         setattr(torch._dynamo.config, _name, 64)
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def peak_extra_bytes(fn) -> float:
-    """Resident memory high-water mark during fn() above the resident memory before it."""
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    before = _status_kib("VmRSS")
-    fn()
-    return (_status_kib("VmHWM") - before) * 1024.0
 
 
 def _inputs(op: str, n: int, d: int):
@@ -154,15 +137,10 @@ def _write_summary(request):
         f"torch {torch.__version__}, {threads} threads, timer {timer_name}. Load average "
         f"{load_start:.1f} at the start, {load[0]:.1f} at the end (other processes shared "
         "the cores). "
-        f"Run took {time.time() - start:.0f} s. glibc malloc: "
-        + (
-            f"MALLOC_MMAP_THRESHOLD_={os.environ['MALLOC_MMAP_THRESHOLD_']} (buffers up to "
-            "32 MB are reused as in a long training loop, no fresh-page faults)"
-            if "MALLOC_MMAP_THRESHOLD_" in os.environ
-            else "default (outputs of a few MB and up are fresh pages on every call: page "
-            "faults cost each op in proportion to what it allocates)"
-        )
-        + ".",
+        f"Run took {time.time() - start:.0f} s. bench/conftest.py makes every allocation of "
+        "128 KiB or more a fresh mmap, so each call pays page faults in proportion to what it "
+        "allocates (the fused child_mse allocates its (N, D) child mean and ds; a training "
+        "loop whose allocator reuses buffers does not pay this).",
         "",
         "Times are the fastest of several rounds (the least disturbed by the other processes; "
         "medians are in the JSON). Speed-up = contender time / fused time (higher is better "
