@@ -4,6 +4,8 @@
 
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 
 #if defined(__CUDACC__)
 #include <cuda_bf16.h>
