@@ -1,7 +1,7 @@
+from lrmil.cli.main import app
 from typer.testing import CliRunner
 
 from lrmil import __version__
-from lrmil.cli.main import app
 
 
 def test_info_reports_build_and_runtimes():
