@@ -6,8 +6,19 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
 
 import typer
+
+# Options that several commands share, defined once so their names and help agree.
+MppOption = Annotated[
+    float | None, typer.Option(help="Microns per pixel for all slides (overrides metadata).")
+]
+MppCsvOption = Annotated[
+    Path | None, typer.Option(help="CSV `slide,mpp` giving each slide's microns per pixel.")
+]
+OverwriteOption = Annotated[bool, typer.Option(help="Redo slides whose outputs are complete.")]
 
 
 @dataclass

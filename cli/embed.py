@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from lrmil.cli._common import known_errors
+from lrmil.cli._common import OverwriteOption, known_errors
 from lrmil.cli.main import app
 
 
@@ -76,9 +76,7 @@ def embed(
     workers: Annotated[int, typer.Option(help="DataLoader worker processes reading patches.")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     dtype: Annotated[Dtype, typer.Option(help="Storage type of the features.")] = Dtype.float32,
-    overwrite: Annotated[
-        bool, typer.Option(help="Redo slides whose outputs are complete.")
-    ] = False,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Encode the patches of tiled slides, read on the fly, into one features HDF5 per slide and
     magnification (TRIDENT-compatible; HR files with parent/child links). Complete outputs that

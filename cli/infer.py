@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from lrmil.cli._common import known_errors
+from lrmil.cli._common import MppCsvOption, MppOption, OverwriteOption, known_errors
 from lrmil.cli.main import app
 
 
@@ -41,19 +41,13 @@ def infer(
     workers: Annotated[
         int, typer.Option(min=0, help="DataLoader processes reading patches (0: in-process).")
     ] = 2,
-    mpp: Annotated[
-        float | None, typer.Option(help="Microns per pixel for all slides (overrides metadata).")
-    ] = None,
-    mpp_csv: Annotated[
-        Path | None, typer.Option(help="CSV `slide,mpp` giving each slide's microns per pixel.")
-    ] = None,
+    mpp: MppOption = None,
+    mpp_csv: MppCsvOption = None,
     top_k: Annotated[int, typer.Option(min=0, help="Top-attention patches outlined.")] = 5,
     thumbnail_side: Annotated[
         int, typer.Option(min=16, help="Longer side of the heatmap's thumbnail, pixels.")
     ] = 1024,
-    overwrite: Annotated[
-        bool, typer.Option(help="Redo slides whose outputs are complete.")
-    ] = False,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Predict slides reading only LR patches: predictions.csv, heatmaps/<slide>.png,
     attention/<slide>.h5, timings.csv, summary.json. Resumable; one bad slide is reported and

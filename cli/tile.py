@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from lrmil.cli._common import known_errors
+from lrmil.cli._common import MppCsvOption, MppOption, OverwriteOption, known_errors
 from lrmil.cli.main import app
 
 if TYPE_CHECKING:
@@ -38,16 +38,10 @@ def tile(
     child_threshold: Annotated[
         float, typer.Option(help="An HR child is valid if its tissue fraction is at least this.")
     ] = 0.25,
-    mpp: Annotated[
-        float | None, typer.Option(help="Microns per pixel for all slides (overrides metadata).")
-    ] = None,
-    mpp_csv: Annotated[
-        Path | None, typer.Option(help="CSV `slide,mpp` giving each slide's microns per pixel.")
-    ] = None,
+    mpp: MppOption = None,
+    mpp_csv: MppCsvOption = None,
     workers: Annotated[int, typer.Option(min=1, help="Slides tiled in parallel processes.")] = 1,
-    overwrite: Annotated[
-        bool, typer.Option(help="Redo slides whose outputs are complete.")
-    ] = False,
+    overwrite: OverwriteOption = False,
     config_file: Annotated[
         Path | None,
         typer.Option(
