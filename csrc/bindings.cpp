@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include "lrmil/bindings.h"
+#include "lrmil/synth_bindings.h"
 
 #if defined(LRMIL_WITH_CUDA)
 #include <cuda_runtime_api.h>
@@ -51,4 +52,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_device_count", &cuda_device_count, "CUDA devices the module's runtime sees.");
   lrmil::bind_attention_pool(m);
   lrmil::bind_align_loss(m);
+  lrmil::bind_synth(m);
 }

@@ -17,7 +17,7 @@ from lrmil.errors import ConfigError
 from lrmil.synth.scene import SynthConfig
 from lrmil.synth.slide import write_slide
 
-GENERATOR_VERSION = "2"  # bump when the same seed starts producing different pixels
+GENERATOR_VERSION = "3"  # bump when the same seed starts producing different pixels
 TWO_SLIDE_PATIENTS = 0.25  # fraction of patients with two slides (patient-level splits matter)
 
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from lrmil.errors import ConfigError
-from lrmil.synth.render import render_box
+from lrmil.synth.render import renderer
 from lrmil.synth.scene import Scene, SynthConfig, make_scene
 from lrmil.synth.tiff import TILE, write_pyramid
 
@@ -49,7 +49,7 @@ def write_slide(
             partial,
             width,
             height,
-            lambda x0, y0, w, h: render_box(scene, x0, y0, w, h),
+            renderer(scene),
             mpp=mpp,
             band=block,
             quality=quality,

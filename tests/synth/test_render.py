@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from lrmil.errors import ConfigError
 from lrmil.synth import make_scene, write_slide
 from lrmil.synth.noise import ValueNoise
-from lrmil.synth.render import render_box
+from lrmil.synth.render import compiled_scene, render_box
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +34,41 @@ def test_noise_is_a_function_of_global_coordinates():
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
-    def digest(name: str, seed: int) -> str:
+    def digest(name: str, seed: int, threads: int = 1) -> str:
         path = tmp_path / name
-        write_slide(path, 768, 512, seed=seed, label="negative")
+        write_slide(path, 1536, 1280, seed=seed, label="positive", threads=threads)
         return hashlib.sha256(path.read_bytes()).hexdigest()
 
-    assert digest("a.svs", 1) == digest("b.svs", 1)
-    assert digest("c.svs", 2) != digest("a.svs", 1)
+    one_thread = digest("a.svs", 1)
+    assert digest("b.svs", 1) == one_thread
+    assert digest("c.svs", 1, threads=2) == one_thread  # boxes rendered in parallel threads
+    assert digest("d.svs", 2) != one_thread
     assert not list(tmp_path.glob(".*partial"))
+
+
+def test_compiled_tissue_matches_the_scene(scene):
+    """The renderer's tissue field is the scene's (which placed the regions inside tissue),
+    including the all-glass shortcut of a box far from every island."""
+    core = compiled_scene(scene)
+    for x0, y0, width, height in [(300, 700, 600, 400), (1500, 200, 300, 500), (0, 0, 200, 150)]:
+        expected = scene.tissue(
+            np.arange(x0, x0 + width, dtype=np.float32),
+            np.arange(y0, y0 + height, dtype=np.float32),
+        )
+        np.testing.assert_allclose(core.tissue(x0, y0, width, height), expected, atol=2e-4)
+    assert core.tissue(0, 0, 200, 150).max() == 0  # a glass corner
+    inside = core.tissue(300, 700, 600, 400)
+    assert inside.max() == 1 and inside.min() == 0  # the first box crosses an island's edge
+
+
+def test_regions_render_as_dense_nuclei(scene):
+    """Every region is rendered: its centre is darker than the same tissue without regions."""
+    core, plain = compiled_scene(scene), compiled_scene(dataclasses.replace(scene, regions=[]))
+    assert scene.regions
+    for region in scene.regions:
+        box = (int(region.x) - 20, int(region.y) - 20, 40, 40)
+        darker = plain.render(*box).astype(float).mean() - core.render(*box).astype(float).mean()
+        assert darker > 10, (region.kind, darker)
 
 
 def test_scene_is_deterministic(scene):

@@ -51,6 +51,14 @@ def test_downsample4_is_the_rounded_block_mean():
     assert np.abs(small - expected).max() <= 0.5
 
 
+@pytest.mark.parametrize("crop", [np.s_[:, :], np.s_[3:, 5:-2]])  # contiguous, strided view
+def test_downsample4_drops_partial_blocks(crop):
+    image = np.random.default_rng(0).integers(0, 256, (70, 103, 3), dtype=np.uint8)[crop]
+    h, w = image.shape[0] // 4, image.shape[1] // 4
+    blocks = image[: 4 * h, : 4 * w].reshape(h, 4, w, 4, 3).sum(axis=(1, 3), dtype=np.uint32)
+    np.testing.assert_array_equal(downsample4(image), (blocks + 8) // 16)
+
+
 def test_reduced_levels_are_area_averages_of_level0(tmp_path):
     width, height = 1100, 700  # not multiples of the tile or band
     yy, xx = np.mgrid[0:height, 0:width]
