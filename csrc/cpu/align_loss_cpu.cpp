@@ -8,8 +8,10 @@
 // Inner loops run over contiguous features (a compile-time stride of 1 in the common case) and
 // vectorise.
 #include <algorithm>
+#include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "lrmil/align_loss.h"
@@ -21,14 +23,20 @@ constexpr int64_t kChunk = 1024;       // the most features per task (stack buff
 constexpr int64_t kSmallChunk = 128;   // features per task when N is small
 constexpr int64_t kManyRows = 64;      // from this many rows on, tasks take whole rows
 constexpr int64_t kParallelWork = 1 << 16;  // fewer elements read than this: one thread
+constexpr int64_t kBandAcc = 4 * kChunk;    // block_mse: r block sums of a chunk (stack buffers)
 
 struct Chunking {
-  int64_t size, count;
+  int64_t d, size, count;
 };
 
-Chunking chunking(int64_t n, int64_t d) {
-  const int64_t size = n >= kManyRows ? kChunk : kSmallChunk;
-  return {size, (d + size - 1) / size};
+// Chunks of at most max_size features (block_mse keeps r chunk-sized sums per task).
+Chunking chunking(int64_t n, int64_t d, int64_t max_size = kChunk) {
+  const int64_t size = std::min(n >= kManyRows ? kChunk : kSmallChunk, max_size);
+  return {d, size, (d + size - 1) / size};
+}
+
+Chunking block_chunking(const BlockMseParams& p) {
+  return chunking(p.n, p.d, std::max<int64_t>(1, kBandAcc / p.r));
 }
 
 // Feature stride: 1 at compile time when every input is contiguous along D.
@@ -37,22 +45,17 @@ inline int64_t fstride(int64_t stride) {
   return Contig ? 1 : stride;
 }
 
-template <typename A>
-A sum_chunk(const A* x, int64_t len) {
-  A total = 0;
-#pragma omp simd reduction(+ : total)
-  for (int64_t j = 0; j < len; ++j) total += x[j];
-  return total;
-}
+// fp32 inputs contiguous along D: the hot case, served by the AVX2 / baseline clones below.
+template <typename T, bool Contig>
+constexpr bool kFastF32 = Contig && std::is_same_v<T, float>;
 
 // Runs task(row, d0, len, slot) over all (row, feature chunk) pairs, in parallel when the
 // work (elements read per feature, over all rows) is worth waking the thread team. Dynamic
 // scheduling: on a busy machine a thread that is not scheduled does not hold up the others'
 // share (each task writes its own slot, so the results do not depend on who ran it).
 template <typename Task>
-void for_each_chunk(int64_t n, int64_t d, int64_t elems_per_feature, Task task) {
-  const Chunking ch = chunking(n, d);
-  const int64_t tasks = n * ch.count;
+void for_each_chunk(int64_t n, const Chunking& ch, int64_t elems_per_feature, Task task) {
+  const int64_t tasks = n * ch.count, d = ch.d;
   const bool parallel = n * d * elems_per_feature >= kParallelWork;
 #pragma omp parallel for schedule(dynamic, 1) if (parallel)
   for (int64_t job = 0; job < tasks; ++job) {
@@ -65,14 +68,151 @@ void for_each_chunk(int64_t n, int64_t d, int64_t elems_per_feature, Task task) 
 // loss[i] = scale(i) * sum of the row's chunk partials, in chunk order. Serial: it is tiny
 // next to the chunk tasks and not worth a second wake-up of the thread team.
 template <typename A, typename Scale>
-void reduce_rows(int64_t n, int64_t d, const std::vector<A>& partial, A* loss, Scale scale) {
-  const int64_t chunks = chunking(n, d).count;
+void reduce_rows(int64_t n, const Chunking& ch, const std::vector<A>& partial, A* loss,
+                 Scale scale) {
+  const int64_t chunks = ch.count;
   for (int64_t i = 0; i < n; ++i) {
     A total = 0;
     for (int64_t c = 0; c < chunks; ++c) total += partial[i * chunks + c];
     loss[i] = scale(i) * total;
   }
 }
+
+// ---- per-chunk primitives ----
+// Reductions keep kLanes partial sums and add them in a fixed tree: GCC vectorises that without
+// -ffast-math, and the bits do not depend on the vector width (no FMA contraction: the AVX2
+// clone does not enable FMA), so the AVX2 and baseline clones agree exactly.
+
+constexpr int64_t kLanes = 16;
+
+template <typename A>
+LRMIL_INLINE A sum_lanes(A* lane) {
+  for (int64_t width = kLanes / 2; width > 0; width /= 2) {
+    for (int64_t l = 0; l < width; ++l) lane[l] += lane[l + width];
+  }
+  return lane[0];
+}
+
+constexpr int kGroup = 4;  // child_mse: children read at once
+
+// sum_j sum_c w_c (t_cj - s_j)^2 over a group of NC children, read as NC concurrent streams
+// (more cache misses in flight than one stream); with Mean also mean_j += sum_c w_c t_cj, from
+// the same read of t.
+template <int NC, bool Mean, typename T, typename A>
+LRMIL_INLINE A child_group(const T* const* t, int64_t st, const A* w, const A* s, A* mean,
+                           int64_t len) {
+  A lane[kLanes] = {};
+  const auto feature = [&](int64_t j, A& err) {
+    A e = 0, mn = 0;
+    for (int c = 0; c < NC; ++c) {
+      const A tv = load(t[c] + j * st);
+      e += w[c] * sq(tv - s[j]);
+      mn += w[c] * tv;
+    }
+    err += e;
+    if (Mean) mean[j] += mn;
+  };
+  int64_t j = 0;
+  for (; j + kLanes <= len; j += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) feature(j + l, lane[l]);
+  }
+  for (; j < len; ++j) feature(j, lane[j % kLanes]);
+  return sum_lanes(lane);
+}
+
+template <bool Mean, typename T, typename A>
+LRMIL_INLINE A child_group_n(const T* const* t, int64_t st, const A* w, int nc, const A* s,
+                             A* mean, int64_t len) {
+  static_assert(kGroup == 4, "one case per group size");
+  switch (nc) {
+    case 4: return child_group<4, Mean>(t, st, w, s, mean, len);
+    case 3: return child_group<3, Mean>(t, st, w, s, mean, len);
+    case 2: return child_group<2, Mean>(t, st, w, s, mean, len);
+    default: return child_group<1, Mean>(t, st, w, s, mean, len);
+  }
+}
+
+LRMIL_CLONES float child_group_f32(const float* const* t, const float* w, int nc, const float* s,
+                                   float* mean, int64_t len) {
+  return mean != nullptr ? child_group_n<true>(t, int64_t(1), w, nc, s, mean, len)
+                         : child_group_n<false>(t, int64_t(1), w, nc, s, mean, len);
+}
+
+template <bool Mean, bool Contig, typename T, typename A>
+inline A child_group_any(const T* const* t, int64_t st, const A* w, int nc, const A* s, A* mean,
+                         int64_t len) {
+  if constexpr (kFastF32<T, Contig>) {
+    return child_group_f32(t, w, nc, s, mean, len);
+  } else {
+    return child_group_n<Mean>(t, fstride<Contig>(st), w, nc, s, mean, len);
+  }
+}
+
+// m_j = sum of the b x b cells of a block (cells sy / sx apart), kLanes features at a time with
+// the partial sums in registers: the b*b cells are b*b concurrent streams, which keeps more
+// cache misses in flight than one stream would (a core's bandwidth is bound by that).
+template <typename T, typename A>
+LRMIL_INLINE void block_sum(const T* origin, int64_t sy, int64_t sx, int64_t sd, int64_t b, A* m,
+                            int64_t len) {
+  int64_t j = 0;
+  for (; j + kLanes <= len; j += kLanes) {
+    A acc[kLanes] = {};
+    for (int64_t y = 0; y < b; ++y) {
+      for (int64_t x = 0; x < b; ++x) {
+        const T* cell = origin + y * sy + x * sx + j * sd;
+        for (int64_t l = 0; l < kLanes; ++l) acc[l] += load(cell + l * sd);
+      }
+    }
+    for (int64_t l = 0; l < kLanes; ++l) m[j + l] = acc[l];
+  }
+  for (; j < len; ++j) {
+    A acc = 0;
+    for (int64_t y = 0; y < b; ++y) {
+      for (int64_t x = 0; x < b; ++x) acc += load(origin + y * sy + x * sx + j * sd);
+    }
+    m[j] = acc;
+  }
+}
+
+LRMIL_CLONES void block_sum_f32(const float* origin, int64_t sy, int64_t sx, int64_t b, float* m,
+                                int64_t len) {
+  block_sum(origin, sy, sx, int64_t(1), b, m, len);
+}
+
+// m[0:len] = mean of S over child k's block, features d0..d0+len.
+template <bool Contig, typename T, typename A>
+inline void block_mean(const BlockMseParams& p, const T* Si, int64_t k, int64_t d0, int64_t len,
+                       A* m) {
+  const int64_t b = p.g / p.r;
+  int64_t y0, x0;
+  child_block_origin(k, p.r, b, &y0, &x0);
+  const T* origin = Si + y0 * p.S_sy + x0 * p.S_sx + d0 * fstride<Contig>(p.S_sd);
+  if constexpr (kFastF32<T, Contig>) {
+    block_sum_f32(origin, p.S_sy, p.S_sx, b, m, len);
+  } else {
+    block_sum(origin, p.S_sy, p.S_sx, fstride<Contig>(p.S_sd), b, m, len);
+  }
+  const A inv_area = A(1) / A(b * b);
+  for (int64_t j = 0; j < len; ++j) m[j] *= inv_area;
+}
+
+// sum_j (m_j - t_j)^2 over one child's chunk.
+template <typename T, typename A>
+LRMIL_INLINE A block_dist(const A* m, const T* t, int64_t st, int64_t len) {
+  A lane[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= len; j += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) lane[l] += sq(m[j + l] - A(load(t + (j + l) * st)));
+  }
+  for (; j < len; ++j) lane[j % kLanes] += sq(m[j] - A(load(t + j * st)));
+  return sum_lanes(lane);
+}
+
+LRMIL_CLONES float block_dist_f32(const float* m, const float* t, int64_t len) {
+  return block_dist(m, t, int64_t(1), len);
+}
+
+// ---- kernels ----
 
 // Mean: also write tbar (only when s needs a gradient).
 template <typename T, bool Contig, bool Mean>
@@ -82,10 +222,11 @@ void child_mse_fwd_impl(const ChildMseParams& p) {
   const T* t = static_cast<const T*>(p.t);
   const A* w = static_cast<const A*>(p.w);
   A* tbar = static_cast<A*>(p.tbar);
-  const int64_t s_sd = fstride<Contig>(p.s_sd), t_sd = fstride<Contig>(p.t_sd);
-  std::vector<A> partial(p.n * chunking(p.n, p.d).count);
+  const int64_t s_sd = fstride<Contig>(p.s_sd);
+  const Chunking ch = chunking(p.n, p.d);
+  std::vector<A> partial(p.n * ch.count);
 
-  for_each_chunk(p.n, p.d, p.k, [&](int64_t i, int64_t d0, int64_t len, int64_t slot) {
+  for_each_chunk(p.n, ch, p.k, [&](int64_t i, int64_t d0, int64_t len, int64_t slot) {
     const A* wi = w + i * p.w_sn;
     const A total = weight_sum(wi, p.k, p.w_sk);
     A* tb = Mean ? tbar + i * p.d + d0 : nullptr;
@@ -94,30 +235,39 @@ void child_mse_fwd_impl(const ChildMseParams& p) {
       partial[slot] = 0;
       return;
     }
-    A sv[kChunk], err[kChunk], mean[kChunk];
+    // The student's chunk in the accumulation type (read in place when it already is).
+    A buf[kChunk];
     const T* si = s + i * p.s_sn + d0 * s_sd;
-    for (int64_t j = 0; j < len; ++j) {
-      sv[j] = load(si + j * s_sd);
-      err[j] = 0;
-      mean[j] = 0;
+    const A* sv = buf;
+    if constexpr (Contig && std::is_same_v<T, A>) {
+      sv = si;
+    } else {
+      for (int64_t j = 0; j < len; ++j) buf[j] = load(si + j * s_sd);
     }
+    if (Mean) std::fill(tb, tb + len, A(0));
+    // Children with weight 0 are never read; the others go in groups of kGroup.
+    const T* group_t[kGroup];
+    A group_w[kGroup];
+    int nc = 0;
+    A err = 0;
     for (int64_t c = 0; c < p.k; ++c) {
       const A wk = wi[c * p.w_sk];
-      if (wk == A(0)) continue;  // masked children are never read
-      const T* tk = t + i * p.t_sn + c * p.t_sk + d0 * t_sd;
-      for (int64_t j = 0; j < len; ++j) {
-        const A tv = load(tk + j * t_sd);
-        err[j] += wk * sq(tv - sv[j]);
-        if (Mean) mean[j] += wk * tv;
+      if (wk != A(0)) {
+        group_t[nc] = t + i * p.t_sn + c * p.t_sk + d0 * fstride<Contig>(p.t_sd);
+        group_w[nc++] = wk;
+      }
+      if (nc == kGroup || (c == p.k - 1 && nc > 0)) {
+        err += child_group_any<Mean, Contig>(group_t, p.t_sd, group_w, nc, sv, tb, len);
+        nc = 0;
       }
     }
     if (Mean) {
       const A inv_total = A(1) / total;
-      for (int64_t j = 0; j < len; ++j) tb[j] = mean[j] * inv_total;
+      for (int64_t j = 0; j < len; ++j) tb[j] *= inv_total;
     }
-    partial[slot] = sum_chunk(err, len);
+    partial[slot] = err;
   });
-  reduce_rows(p.n, p.d, partial, static_cast<A*>(p.loss), [&](int64_t i) {
+  reduce_rows(p.n, ch, partial, static_cast<A*>(p.loss), [&](int64_t i) {
     return child_mse_scale(weight_sum(w + i * p.w_sn, p.k, p.w_sk), p.d);
   });
 }
@@ -133,20 +283,23 @@ void child_mse_bwd_impl(const ChildMseParams& p) {
   T* ds = static_cast<T*>(p.ds);
   T* dt = static_cast<T*>(p.dt);
   const int64_t s_sd = fstride<Contig>(p.s_sd), t_sd = fstride<Contig>(p.t_sd);
+  // ds alone reads s and tbar and writes ds: O(N D), never t.
+  const int64_t reads_per_feature = dt != nullptr ? p.k : 1;
 
-  for_each_chunk(p.n, p.d, p.k, [&](int64_t i, int64_t d0, int64_t len, int64_t) {
+  for_each_chunk(p.n, chunking(p.n, p.d), reads_per_feature, [&](int64_t i, int64_t d0, int64_t len, int64_t) {
     const A* wi = w + i * p.w_sn;
     const A total = weight_sum(wi, p.k, p.w_sk);
     const A g_scale = grad[i] * child_mse_scale(total, p.d);
     const T* si = s + i * p.s_sn + d0 * s_sd;
-    const A* tb = ds != nullptr ? tbar + i * p.d + d0 : nullptr;
-    T* dsi = ds != nullptr ? ds + i * p.d + d0 : nullptr;
-    A sv[kChunk];
-    for (int64_t j = 0; j < len; ++j) sv[j] = load(si + j * s_sd);
     if (ds != nullptr) {
-      for (int64_t j = 0; j < len; ++j) store(dsi + j, child_mse_grad_s(g_scale * total, sv[j], tb[j]));
+      const A* tb = tbar + i * p.d + d0;
+      const A g_total = g_scale * total;
+      T* dsi = ds + i * p.d + d0;
+      for (int64_t j = 0; j < len; ++j) store(dsi + j, child_mse_grad_s(g_total, A(load(si + j * s_sd)), tb[j]));
     }
     if (dt == nullptr) return;
+    A sv[kChunk];
+    for (int64_t j = 0; j < len; ++j) sv[j] = load(si + j * s_sd);
     for (int64_t c = 0; c < p.k; ++c) {
       const A gw = g_scale * wi[c * p.w_sk];
       const T* tk = t + i * p.t_sn + c * p.t_sk + d0 * t_sd;
@@ -156,45 +309,35 @@ void child_mse_bwd_impl(const ChildMseParams& p) {
   });
 }
 
-// m[0:len] = mean of S over child k's block, features d0..d0+len.
-template <typename T, typename A, bool Contig>
-inline void block_mean(const BlockMseParams& p, const T* Si, int64_t k, int64_t d0, int64_t len,
-                       A* m) {
-  const int64_t b = p.g / p.r, S_sd = fstride<Contig>(p.S_sd);
-  int64_t y0, x0;
-  child_block_origin(k, p.r, b, &y0, &x0);
-  for (int64_t j = 0; j < len; ++j) m[j] = 0;
-  for (int64_t y = y0; y < y0 + b; ++y) {
-    for (int64_t x = x0; x < x0 + b; ++x) {
-      const T* cell = Si + y * p.S_sy + x * p.S_sx + d0 * S_sd;
-      for (int64_t j = 0; j < len; ++j) m[j] += load(cell + j * S_sd);
-    }
-  }
-  const A inv_area = A(1) / A(b * b);
-  for (int64_t j = 0; j < len; ++j) m[j] *= inv_area;
-}
-
 template <typename T, bool Contig>
 void block_mse_fwd_impl(const BlockMseParams& p) {
   using A = acc_t<T>;
   const T* S = static_cast<const T*>(p.S);
   const T* t = static_cast<const T*>(p.t);
   const int64_t k = p.r * p.r, t_sd = fstride<Contig>(p.t_sd);
-  std::vector<A> partial(p.n * chunking(p.n, p.d).count);
+  const Chunking ch = block_chunking(p);
+  std::vector<A> partial(p.n * ch.count);
 
-  for_each_chunk(p.n, p.d, p.g * p.g + k, [&](int64_t i, int64_t d0, int64_t len, int64_t slot) {
+  for_each_chunk(p.n, ch, p.g * p.g + k, [&](int64_t i, int64_t d0, int64_t len, int64_t slot) {
     const uint8_t* vi = p.valid + i * p.v_sn;
-    A m[kChunk], err[kChunk];
-    for (int64_t j = 0; j < len; ++j) err[j] = 0;
-    for (int64_t c = 0; c < k; ++c) {
-      if (!vi[c * p.v_sk]) continue;  // invalid children are never read
-      block_mean<T, A, Contig>(p, S + i * p.S_sn, c, d0, len, m);
-      const T* tk = t + i * p.t_sn + c * p.t_sk + d0 * t_sd;
-      for (int64_t j = 0; j < len; ++j) err[j] += sq(m[j] - A(load(tk + j * t_sd)));
+    A m[kBandAcc];
+    A err = 0;
+    for (int64_t v = 0; v < p.r; ++v) {
+      for (int64_t u = 0; u < p.r; ++u) {
+        const int64_t c = v * p.r + u;
+        if (!vi[c * p.v_sk]) continue;  // invalid children are never read
+        block_mean<Contig>(p, S + i * p.S_sn, c, d0, len, m + u * len);
+        const T* tk = t + i * p.t_sn + c * p.t_sk + d0 * t_sd;
+        if constexpr (kFastF32<T, Contig>) {
+          err += block_dist_f32(m + u * len, tk, len);
+        } else {
+          err += block_dist(m + u * len, tk, t_sd, len);
+        }
+      }
     }
-    partial[slot] = sum_chunk(err, len);
+    partial[slot] = err;
   });
-  reduce_rows(p.n, p.d, partial, static_cast<A*>(p.loss), [&](int64_t i) {
+  reduce_rows(p.n, ch, partial, static_cast<A*>(p.loss), [&](int64_t i) {
     return block_mse_scale<A>(count_valid(p.valid + i * p.v_sn, k, p.v_sk), p.d);
   });
 }
@@ -210,34 +353,39 @@ void block_mse_bwd_impl(const BlockMseParams& p) {
   const int64_t k = p.r * p.r, b = p.g / p.r, t_sd = fstride<Contig>(p.t_sd);
   const A inv_area = A(1) / A(b * b);
 
-  for_each_chunk(p.n, p.d, p.g * p.g + k, [&](int64_t i, int64_t d0, int64_t len, int64_t) {
+  // One pass: each task reads its chunk of S and t once and writes dS (and dt) once, band by
+  // band in memory order; the block means are recomputed rather than stored as (N, K, D).
+  const auto task = [&](int64_t i, int64_t d0, int64_t len, int64_t) {
     const uint8_t* vi = p.valid + i * p.v_sn;
     const A g_scale = grad[i] * block_mse_scale<A>(count_valid(vi, k, p.v_sk), p.d);
-    A gm[kChunk];
-    for (int64_t c = 0; c < k; ++c) {
-      const bool valid = vi[c * p.v_sk] != 0;
-      if (valid) {
-        block_mean<T, A, Contig>(p, S + i * p.S_sn, c, d0, len, gm);
-        const T* tk = t + i * p.t_sn + c * p.t_sk + d0 * t_sd;
-        for (int64_t j = 0; j < len; ++j) gm[j] = block_mse_grad_m(g_scale, gm[j], A(load(tk + j * t_sd)));
-      } else {
-        for (int64_t j = 0; j < len; ++j) gm[j] = 0;
+    A gm[kBandAcc];
+    T cell_grad[kBandAcc];  // per child of the band: the gradient of each of its cells
+    for (int64_t v = 0; v < p.r; ++v) {
+      for (int64_t u = 0; u < p.r; ++u) {
+        const int64_t c = v * p.r + u;
+        A* gmu = gm + u * len;
+        if (vi[c * p.v_sk]) {
+          block_mean<Contig>(p, S + i * p.S_sn, c, d0, len, gmu);
+          const T* tk = t + i * p.t_sn + c * p.t_sk + d0 * t_sd;
+          for (int64_t j = 0; j < len; ++j) gmu[j] = block_mse_grad_m(g_scale, gmu[j], A(load(tk + j * t_sd)));
+        } else {
+          std::fill(gmu, gmu + len, A(0));
+        }
+        if (dt != nullptr) {
+          T* dtk = dt + (i * k + c) * p.d + d0;
+          for (int64_t j = 0; j < len; ++j) store(dtk + j, -gmu[j]);
+        }
+        for (int64_t j = 0; j < len; ++j) store(cell_grad + u * len + j, gmu[j] * inv_area);
       }
-      if (dt != nullptr) {
-        T* dtk = dt + (i * k + c) * p.d + d0;
-        for (int64_t j = 0; j < len; ++j) store(dtk + j, -gm[j]);
-      }
-      for (int64_t j = 0; j < len; ++j) gm[j] *= inv_area;
-      int64_t y0, x0;
-      child_block_origin(c, p.r, b, &y0, &x0);
-      for (int64_t y = y0; y < y0 + b; ++y) {
-        for (int64_t x = x0; x < x0 + b; ++x) {
-          T* cell = dS + ((i * p.g + y) * p.g + x) * p.d + d0;
-          for (int64_t j = 0; j < len; ++j) store(cell + j, gm[j]);
+      for (int64_t y = v * b; y < v * b + b; ++y) {
+        for (int64_t x = 0; x < p.g; ++x) {
+          std::memcpy(dS + ((i * p.g + y) * p.g + x) * p.d + d0, cell_grad + (x / b) * len,
+                      len * sizeof(T));
         }
       }
     }
-  });
+  };
+  for_each_chunk(p.n, block_chunking(p), p.g * p.g + k, task);
 }
 
 }  // namespace

@@ -89,9 +89,14 @@ def _child_mse_setup(ctx, inputs, output) -> None:
     ctx.s_grad, ctx.t_grad = s.requires_grad and with_mean, t.requires_grad
     ctx.save_for_backward(s, t if ctx.t_grad else None, weight, output[1])
     ctx.mark_non_differentiable(output[1])
+    # tbar gets no gradient: without this, autograd would allocate and zero-fill an (N, D)
+    # gradient for it on every backward (as costly as the whole ds computation).
+    ctx.set_materialize_grads(False)
 
 
 def _child_mse_grad(ctx, grad_loss, _grad_tbar):
+    if grad_loss is None:  # the loss did not reach the output (grads are not materialised)
+        return None, None, None, None
     s, t, weight, tbar = ctx.saved_tensors
     if t is None:  # t needs no grad and was not saved; the kernel does not read it then
         t = s.new_empty(0, 0, 0)

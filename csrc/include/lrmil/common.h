@@ -15,6 +15,24 @@
 #define LRMIL_HD inline
 #endif
 
+// CPU hot loops: LRMIL_CLONES compiles a function for AVX2 and for the build's baseline (SSE2
+// on x86-64) and picks one when the library loads (GCC / Clang target_clones, an ifunc), so the
+// build needs no -march flag and still runs everywhere. LRMIL_INLINE templates are inlined into
+// each clone and so compiled for its instruction set.
+#if !defined(__CUDACC__) && defined(__x86_64__) && defined(__has_attribute)
+#if __has_attribute(target_clones) && defined(__linux__)
+#define LRMIL_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#if !defined(LRMIL_CLONES)
+#define LRMIL_CLONES
+#endif
+#if defined(__GNUC__)
+#define LRMIL_INLINE inline __attribute__((always_inline))
+#else
+#define LRMIL_INLINE inline
+#endif
+
 namespace lrmil {
 
 // Dtype codes, matched by lrmil/ops/_ext.py.
