@@ -294,12 +294,14 @@ void stain_row(const float* __restrict level, const float* __restrict edge,
   }
 }
 
-// One channel of one row, Beer-Lambert plus sensor grain, clipped to 0..255.
+// One channel of one row: Beer-Lambert plus sensor grain, clipped to 0..255.
 void beer_lambert_row(const float* __restrict hema, const float* __restrict eosin,
                       const float* __restrict noise, float h, float e, float glass, int width,
-                      float* __restrict out) {
-  for (int x = 0; x < width; ++x)
-    out[x] = std::clamp(fast_exp(-(hema[x] * h + eosin[x] * e)) * glass + noise[x], 0.0f, 255.0f);
+                      uint8_t* __restrict out) {
+  for (int x = 0; x < width; ++x) {
+    const float v = fast_exp(-(hema[x] * h + eosin[x] * e)) * glass + noise[x];
+    out[x] = static_cast<uint8_t>(static_cast<int>(std::clamp(v, 0.0f, 255.0f)));
+  }
 }
 
 void glass_box(const Scene& s, int64_t x0, int64_t y0, int width, int height, uint8_t* out) {
@@ -308,7 +310,7 @@ void glass_box(const Scene& s, int64_t x0, int64_t y0, int width, int height, ui
     const float* grain = s.grain.data() + static_cast<size_t>((y0 + y) % tile) * tile;
     uint8_t* o = out + static_cast<size_t>(y) * width * 3;
     for (int x = 0, g = static_cast<int>(x0 % tile); x < width; ++x, g = g + 1 < tile ? g + 1 : 0) {
-      const float v = std::clamp(s.glass + 2.0f * grain[g], 0.0f, 255.0f);
+      const float v = std::clamp(s.glass + grain[g], 0.0f, 255.0f);
       o[3 * x] = o[3 * x + 1] = o[3 * x + 2] = static_cast<uint8_t>(v);
     }
   }
@@ -363,21 +365,26 @@ void render_box(const Scene& s, int64_t x0, int64_t y0, int width, int height, u
   w.fibre.resize(static_cast<size_t>(width) * height);
   noise_grid(s.fibre, pixel_coords(x0, width), pixel_coords(y0, height), w.fibre.data());
   const int tile = s.grain_tile;
-  std::vector<float> hema(width), eosin(width), noise(width), channel(width);
+  std::vector<float> hema(width), eosin(width), noise(width);
+  std::vector<uint8_t> planes(3 * static_cast<size_t>(width));
   for (int y = 0; y < height; ++y) {
     const size_t row = static_cast<size_t>(y + pad) * W + pad;
     const float* grain = s.grain.data() + static_cast<size_t>((y0 + y) % tile) * tile;
-    for (int x = 0, g = static_cast<int>(x0 % tile); x < width; ++x, g = g + 1 < tile ? g + 1 : 0)
-      noise[x] = 2.0f * grain[g];
+    for (int x = 0, g = static_cast<int>(x0 % tile); x < width;) {  // the tile, wrapped
+      const int run = std::min(width - x, tile - g);
+      std::copy_n(grain + g, run, noise.data() + x);
+      x += run;
+      g = 0;
+    }
     stain_row(w.fibre.data() + static_cast<size_t>(y) * width, w.edge.data() + row,
               w.tissue.data() + row, w.hema.data() + row, w.in_region.data() + row,
               w.eosin.data() + row, s.h_scale, s.e_scale, width, hema.data(), eosin.data());
-    uint8_t* o = out + static_cast<size_t>(y) * width * 3;
-    for (int c = 0; c < 3; ++c) {
+    for (int c = 0; c < 3; ++c)
       beer_lambert_row(hema.data(), eosin.data(), noise.data(), s.h_vector[c], s.e_vector[c],
-                       s.glass, width, channel.data());
-      for (int x = 0; x < width; ++x) o[3 * x + c] = static_cast<uint8_t>(channel[x]);
-    }
+                       s.glass, width, planes.data() + static_cast<size_t>(c) * width);
+    uint8_t* o = out + static_cast<size_t>(y) * width * 3;
+    for (int x = 0; x < width; ++x)
+      for (int c = 0; c < 3; ++c) o[3 * x + c] = planes[static_cast<size_t>(c) * width + x];
   }
 }
 

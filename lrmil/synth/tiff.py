@@ -5,9 +5,9 @@ SubIFD pyramids. The first page's ImageDescription is in Aperio's format, from w
 reads `openslide.mpp-x/y` and `openslide.objective-power`. Tiles are JPEG, like real scans:
 a 20k x 20k slide is then ~50 MB instead of ~1.2 GB, and readers pay the real decode cost.
 
-Level 0 is rendered band by band (a band = one row of render blocks) and never held whole;
-level 1 is accumulated by 4x4 area averaging into a temporary memory map while level 0 is
-written, and each further level is averaged from the previous one.
+Level 0 is rendered band by band (a band = one row of render blocks) and never held whole:
+each block is rendered, averaged 4x4 into level 1 (a temporary memory map) and JPEG-encoded
+by a worker thread; each further level is averaged from the previous one.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import tifffile
 
@@ -65,6 +66,47 @@ def _tiles(image: np.ndarray) -> Iterator[np.ndarray]:
             yield image[y : y + TILE, x : x + TILE]
 
 
+class _JpegTiles:
+    """Encodes a block's tiles as tifffile does (YCbCr 4:2:0 JPEG, like Aperio's; edge tiles
+    zero-padded to TILE x TILE). A tile seen before is not encoded again: most of a slide is
+    glass, whose tiles are all alike (its grain repeats every TILE px). Thread-safe: a race
+    only encodes a tile twice, into the same bytes."""
+
+    def __init__(self, quality: int) -> None:
+        self.quality = quality
+        self.seen: set[bytes] = set()  # samples of the tiles encoded so far
+        self.repeated: dict[bytes, tuple[np.ndarray, bytes]] = {}  # samples -> tile, its JPEG
+
+    def __call__(self, block: np.ndarray) -> list[list[bytes]]:
+        """The block's JPEG tiles, [tile row][tile column]."""
+        return [
+            [
+                self._encode(block[y : y + TILE, x : x + TILE])
+                for x in range(0, block.shape[1], TILE)
+            ]
+            for y in range(0, block.shape[0], TILE)
+        ]
+
+    def _encode(self, tile: np.ndarray) -> bytes:
+        if tile.shape[:2] != (TILE, TILE):
+            pad = ((0, TILE - tile.shape[0]), (0, TILE - tile.shape[1]), (0, 0))
+            return self._jpeg(np.pad(tile, pad))
+        key = tile[::32, ::32].tobytes()
+        known = self.repeated.get(key)
+        if known is not None and np.array_equal(known[0], tile):
+            return known[1]
+        data = self._jpeg(np.ascontiguousarray(tile))
+        if key in self.seen and known is None:
+            self.repeated[key] = (tile.copy(), data)
+        self.seen.add(key)
+        return data
+
+    def _jpeg(self, tile: np.ndarray) -> bytes:
+        return imagecodecs.jpeg_encode(
+            tile, level=self.quality, subsampling=(2, 2), colorspace="RGB", outcolorspace="YCBCR"
+        )
+
+
 def write_pyramid(
     path: str | os.PathLike[str],
     width: int,
@@ -78,10 +120,10 @@ def write_pyramid(
     threads: int = 1,
 ) -> list[tuple[int, int]]:
     """Write the pyramid of a `width` x `height` image whose level-0 pixels `render` returns,
-    called on boxes of at most `band` x `band` pixels, `threads` boxes at a time (and as many
-    JPEG encoders); the next band is rendered while the current one is encoded, so `render`
-    should release the GIL. Returns the level sizes. `band` must be a multiple of TILE, so that bands
-    hold whole rows of tiles."""
+    called on boxes of at most `band` x `band` pixels. `threads` workers each render a box,
+    average it into level 1 and encode its tiles (`render` should release the GIL); the next
+    band is in the works while the current one is written. Returns the level sizes. `band`
+    must be a multiple of TILE, so that bands hold whole rows of tiles."""
     if band <= 0 or band % TILE:
         raise ValueError(f"band must be a multiple of {TILE}, got {band}")
     magnification = 10.0 / mpp if magnification is None else magnification
@@ -96,31 +138,38 @@ def write_pyramid(
         "metadata": None,
     }
     w1, h1 = sizes[1] if len(sizes) > 1 else (0, 0)
+    jpeg_tiles = _JpegTiles(quality)
+
+    def block(x0: int, y0: int, w: int, h: int) -> tuple[np.ndarray | None, list[list[bytes]]]:
+        pixels = render(x0, y0, w, h)
+        return (downsample4(pixels) if h1 else None), jpeg_tiles(pixels)
+
     with (
         tempfile.TemporaryFile(dir=Path(path).parent) as scratch,
-        ThreadPoolExecutor(threads) as pool,  # the compiled renderer releases the GIL
+        ThreadPoolExecutor(threads) as pool,
         tifffile.TiffWriter(path, bigtiff=width * height * 3 > 2**31) as tiff,
     ):
         level1 = np.memmap(scratch, np.uint8, "w+", shape=(max(h1, 1), max(w1, 1), 3))
+        starts = range(0, width, band)
 
-        def submit(y0: int) -> list[Future[np.ndarray]]:
+        def submit(y0: int) -> list[Future[tuple[np.ndarray | None, list[list[bytes]]]]]:
             rows = min(band, height - y0)
-            return [
-                pool.submit(render, x0, y0, min(band, width - x0), rows)
-                for x0 in range(0, width, band)
-            ]
+            return [pool.submit(block, x0, y0, min(band, width - x0), rows) for x0 in starts]
 
-        def level0_tiles() -> Iterator[np.ndarray]:
+        def level0_tiles() -> Iterator[bytes]:
             pending = submit(0)
             for y0 in range(0, height, band):
-                strip = np.concatenate([block.result() for block in pending], axis=1)
-                if y0 + band < height:  # render the next band while this one is encoded
+                done = [future.result() for future in pending]
+                if y0 + band < height:  # keep the workers busy while this band is written
                     pending = submit(y0 + band)
-                if h1:
-                    small = downsample4(strip)
-                    y1 = y0 // DOWNSAMPLE
-                    level1[y1 : y1 + small.shape[0], : small.shape[1]] = small[: h1 - y1, :w1]
-                yield from _tiles(strip)
+                y1 = y0 // DOWNSAMPLE
+                for x0, (small, _) in zip(starts, done, strict=True):
+                    if small is not None:
+                        x1 = x0 // DOWNSAMPLE
+                        level1[y1 : y1 + small.shape[0], x1 : x1 + small.shape[1]] = small
+                for r in range(len(done[0][1])):  # row-major over the whole level
+                    for _, tiles in done:
+                        yield from tiles[r]
 
         tiff.write(
             level0_tiles(),

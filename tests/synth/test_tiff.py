@@ -7,7 +7,7 @@ import openslide
 import pytest
 import tifffile
 
-from lrmil.synth.tiff import downsample4, level_sizes, write_pyramid
+from lrmil.synth.tiff import TILE, downsample4, level_sizes, write_pyramid
 
 
 def test_openslide_reads_levels_mpp_and_power(synth_slide_path):
@@ -85,3 +85,24 @@ def test_reduced_levels_are_area_averages_of_level0(tmp_path):
 def test_band_must_hold_whole_tile_rows(tmp_path):
     with pytest.raises(ValueError, match="band"):
         write_pyramid(tmp_path / "x.svs", 512, 512, lambda *a: None, band=300)
+
+
+def test_repeated_tiles_are_reused_only_when_identical(tmp_path):
+    """Tiles alike everywhere the encoder's cache key samples them, but with a distinct patch
+    each: every tile must still decode to its own patch."""
+    width, height = 1024, 768
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.stack([xx % TILE, yy % TILE, (xx + yy) % TILE], -1).astype(np.uint8)
+    for k, (y, x) in enumerate(np.ndindex(height // TILE, width // TILE)):
+        if k % 2:  # half the tiles stay exact repeats
+            image[y * TILE + 8 : y * TILE + 24, x * TILE + 8 : x * TILE + 24] = 20 * k
+
+    write_pyramid(
+        tmp_path / "r.svs", width, height, lambda x0, y0, w, h: image[y0 : y0 + h, x0 : x0 + w]
+    )
+    with tifffile.TiffFile(tmp_path / "r.svs") as tif:
+        level0 = tif.pages[0].asarray()
+    assert np.abs(level0.astype(int) - image).mean() < 2
+    patches = level0.reshape(height // TILE, TILE, width // TILE, TILE, 3)[:, 8:24, :, 8:24]
+    expected = image.reshape(height // TILE, TILE, width // TILE, TILE, 3)[:, 8:24, :, 8:24]
+    assert np.abs(patches.astype(int) - expected).mean(axis=(1, 3, 4)).max() < 4

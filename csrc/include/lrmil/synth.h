@@ -56,7 +56,7 @@ struct Scene {
   float h_vector[3] = {0, 0, 0}, e_vector[3] = {0, 0, 0};
   float h_scale = 1, e_scale = 1, glass = 255;
   int grain_tile = 1;
-  std::vector<float> grain;  // grain_tile^2 sensor noise, tiled over the slide
+  std::vector<float> grain;  // grain_tile^2 sensor noise (grey levels), tiled over the slide
   int margin = 0;            // px rendered around a box: room for every nucleus touching it
 };
 
