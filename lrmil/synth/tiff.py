@@ -30,6 +30,7 @@ RenderFn = Callable[[int, int, int, int], np.ndarray]
 TILE = 256  # TIFF tile side (Aperio writes 240 or 256)
 DOWNSAMPLE = 4  # between consecutive levels, as Aperio's 40x/10x/2.5x pyramids
 MIN_LEVEL_SIDE = 64  # stop adding levels once the next one's longer side would be smaller
+MAX_REPEATED_TILES = 64  # distinct repeated tiles whose JPEG is kept (glass needs one)
 
 
 def level_sizes(width: int, height: int) -> list[tuple[int, int]]:
@@ -96,7 +97,7 @@ class _JpegTiles:
         if known is not None and np.array_equal(known[0], tile):
             return known[1]
         data = self._jpeg(np.ascontiguousarray(tile))
-        if key in self.seen and known is None:
+        if key in self.seen and known is None and len(self.repeated) < MAX_REPEATED_TILES:
             self.repeated[key] = (tile.copy(), data)
         self.seen.add(key)
         return data
