@@ -61,9 +61,18 @@ def plan_cohort(n_slides: int, seed: int, positive_fraction: float = 0.5) -> lis
     return specs
 
 
-def _write_one(args: tuple[Path, SlideSpec, int, int, float, SynthConfig]) -> str:
-    path, spec, width, height, mpp, config = args
-    write_slide(path, width, height, seed=spec.seed, label=spec.label, mpp=mpp, config=config)
+def _write_one(args: tuple[Path, SlideSpec, int, int, float, SynthConfig, int]) -> str:
+    path, spec, width, height, mpp, config, threads = args
+    write_slide(
+        path,
+        width,
+        height,
+        seed=spec.seed,
+        label=spec.label,
+        mpp=mpp,
+        config=config,
+        threads=threads,
+    )
     return spec.name
 
 
@@ -82,7 +91,8 @@ def make_cohort(
 ) -> list[SlideSpec]:
     """Write `OUT/slides/<name>.svs`, `OUT/labels.csv` and `OUT/cohort.json` (generator version,
     parameters, seed). Slides already present are rewritten (same seed, same file). `workers`
-    processes render slides in parallel; `progress(name)` is called as each slide completes."""
+    processes render slides in parallel, and workers left over (fewer slides than workers)
+    become threads within each slide; `progress(name)` is called as each slide completes."""
     config = config or SynthConfig()
     specs = plan_cohort(n_slides, seed, positive_fraction)
     out = Path(out_dir)
@@ -93,7 +103,8 @@ def make_cohort(
         raise ConfigError(f"cannot create output folder {slides}: {exc.strerror}") from None
     if not os.access(slides, os.W_OK):
         raise ConfigError(f"output folder {slides} is not writable")
-    jobs = [(slides / f"{s.name}.svs", s, width, height, mpp, config) for s in specs]
+    threads = max(1, workers // max(1, len(specs)))  # the file bytes do not depend on it
+    jobs = [(slides / f"{s.name}.svs", s, width, height, mpp, config, threads) for s in specs]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
             for name in pool.map(_write_one, jobs):
