@@ -66,3 +66,21 @@ def test_parallel_workers_write_the_same_files(tmp_path):
         assert (tmp_path / "serial" / name).read_bytes() == (
             tmp_path / "parallel" / name
         ).read_bytes()
+
+
+def test_a_single_slide_gets_the_workers_as_threads(tmp_path, monkeypatch):
+    from lrmil.synth import cohort, make_cohort
+
+    threads: list[int] = []
+    write_slide = cohort.write_slide
+
+    def spy(*args, **kwargs):
+        threads.append(kwargs["threads"])
+        return write_slide(*args, **kwargs)
+
+    monkeypatch.setattr(cohort, "write_slide", spy)
+    make_cohort(tmp_path / "one", 1, seed=9, width=768, height=512, workers=2)
+    make_cohort(tmp_path / "two", 1, seed=9, width=768, height=512)
+    assert threads == [2, 1]
+    slide = "slides/slide_0000.svs"
+    assert (tmp_path / "one" / slide).read_bytes() == (tmp_path / "two" / slide).read_bytes()
