@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lrmil.ops import AlignmentLoss, block_mse, child_mse
 from lrmil.ops import reference as ref
@@ -26,7 +27,10 @@ def _valid(n, k, seed=2):
 
 
 def _grads(loss, inputs, seed=3):
-    """Gradients of a random weighting of the per-row losses (so each row's scale matters)."""
+    """Gradients of a random weighting of the per-row losses (so each row's scale matters),
+    or of their sum when seed is None."""
+    if seed is None:
+        return torch.autograd.grad(loss.sum(), inputs)
     upstream = torch.rand(loss.shape, generator=torch.Generator().manual_seed(seed)).to(loss.dtype)
     return torch.autograd.grad((loss * upstream).sum(), inputs)
 
@@ -166,6 +170,31 @@ def test_non_contiguous_inputs():
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("t_grad", [False, True])
+def test_whole_row_tasks_and_child_groups(t_grad):
+    """From 64 rows on, CPU tasks take whole rows (here D = 1100: a 1024-feature chunk and a
+    tail); children with weight 0 are skipped and the rest read in groups of 4 (K = 7 leaves
+    groups of 1 to 4); block_mse's chunks shrink with r (r = 8: 512 features, r = 16: 256)."""
+    n, k, d = 70, 7, 1100
+    s, t = _rand(n, d, grad=True), _rand(n, k, d, seed=1, grad=t_grad)
+    w = _weights(n, k)
+    w[5] = 0
+    inputs = (s, t) if t_grad else (s,)
+    loss, expect = child_mse(s, t, w), ref.child_mse(s, t, w)
+    torch.testing.assert_close(loss, expect, rtol=1e-5, atol=1e-6)
+    for got, want in zip(_grads(loss, inputs), _grads(expect, inputs), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    for r in (8, 16):
+        grid, tl = _rand(64, 16, 16, 600, seed=2, grad=True), _rand(64, r * r, 600, seed=3)
+        tl.requires_grad_(t_grad)
+        valid = _valid(64, r * r)
+        inputs = (grid, tl) if t_grad else (grid,)
+        loss, expect = block_mse(grid, tl, valid, r), ref.block_mse(grid, tl, valid, r)
+        torch.testing.assert_close(loss, expect, rtol=1e-5, atol=1e-6)
+        for got, want in zip(_grads(loss, inputs), _grads(expect, inputs), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
 # ---- low precision: flash-attention's rule ----
 
 
@@ -254,6 +283,52 @@ def test_opcheck(t_grad):
         torch.library.opcheck(torch.ops.lrmil.child_mse.default, args)
     grid = _rand(3, 4, 4, 5, seed=2, grad=True)
     torch.library.opcheck(torch.ops.lrmil.block_mse.default, (grid, t, _valid(3, 4), 2))
+
+
+@pytest.mark.parametrize("t_grad", [False, True])
+def test_custom_op_autograd_matches_eager(t_grad):
+    """torch.compile and export see the custom ops with their registered autograd; eager calls
+    go through a thin autograd.Function: both give the same values and gradients."""
+    s, t = _rand(6, 40, grad=True), _rand(6, 4, 40, seed=1, grad=t_grad)
+    w = _weights(6, 4)
+    grid, valid = _rand(6, 4, 4, 40, seed=2, grad=True), _valid(6, 4)
+    inputs = (s, grid, t) if t_grad else (s, grid)
+    eager = child_mse(s, t, w) + block_mse(grid, t, valid, 2)
+    child_op, block_op = torch.ops.lrmil.child_mse.default, torch.ops.lrmil.block_mse.default
+    via_ops = child_op(s, t, w, True)[0] + block_op(grid, t, valid, 2)
+    torch.testing.assert_close(via_ops, eager, rtol=0, atol=0)
+    for got, want in zip(_grads(via_ops, inputs), _grads(eager, inputs), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+class _RecordOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_backward_allocates_no_gradient_for_the_child_mean():
+    """The saved child mean tbar (N, D) is an output of the custom op but gets no gradient:
+    autograd must not zero-fill an (N, D) gradient for it on every backward."""
+    s, t, w = _rand(5, 30, grad=True), _rand(5, 4, 30, seed=1), _weights(5, 4)
+    loss = torch.ops.lrmil.child_mse.default(s, t, w, True)[0].sum()
+    with _RecordOps() as recorded:
+        (ds,) = torch.autograd.grad(loss, s)
+    assert not [op for op in recorded.ops if "zero" in op or "fill" in op], recorded.ops
+    torch.testing.assert_close(ds, _grads(ref.child_mse(s, t, w), (s,), seed=None)[0])
+
+
+def test_double_backward_is_refused():
+    """The kernels' gradients are not differentiable: an error, not a silently wrong result."""
+    s, t, w = _rand(3, 5, grad=True), _rand(3, 4, 5, seed=1), _weights(3, 4)
+    scale = torch.ones(3, requires_grad=True)  # makes the upstream gradient itself differentiable
+    (ds,) = torch.autograd.grad((child_mse(s, t, w) * scale).sum(), s, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        ds.sum().backward()
 
 
 def test_torch_compile_smoke():
