@@ -1,5 +1,8 @@
 """Deterministic noise as a function of GLOBAL pixel coordinates, so that any block of a slide
-renders the same pixels whatever the order or the neighbours it is rendered with."""
+renders the same pixels whatever the order or the neighbours it is rendered with. The compiled
+renderer (csrc/cpu/synth_render.cpp) repeats this hash and interpolation for the pixels; here
+they serve the scene (where the tissue is, to place the regions), and tests/synth/test_render.py
+checks that the two agree."""
 
 from __future__ import annotations
 
