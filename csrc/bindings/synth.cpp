@@ -83,6 +83,7 @@ synth::Scene make_scene(uint64_t seed, const std::vector<std::pair<uint64_t, dou
   s.grain_tile = static_cast<int>(grain.shape(0));
   s.grain = floats(grain);
   for (float& g : s.grain) g *= 2.0f;  // 2 grey levels per unit of grain
+  s.glass_rgb = synth::glass_tile(s);
   s.margin = margin;
   return s;
 }

@@ -315,16 +315,26 @@ LRMIL_SYNTH_ROW void beer_lambert_row(const float* __restrict hema, const float*
 void glass_box(const Scene& s, int64_t x0, int64_t y0, int width, int height, uint8_t* out) {
   const int tile = s.grain_tile;
   for (int y = 0; y < height; ++y) {
-    const float* grain = s.grain.data() + static_cast<size_t>((y0 + y) % tile) * tile;
+    const uint8_t* glass = s.glass_rgb.data() + static_cast<size_t>((y0 + y) % tile) * tile * 3;
     uint8_t* o = out + static_cast<size_t>(y) * width * 3;
-    for (int x = 0, g = static_cast<int>(x0 % tile); x < width; ++x, g = g + 1 < tile ? g + 1 : 0) {
-      const float v = std::clamp(s.glass + grain[g], 0.0f, 255.0f);
-      o[3 * x] = o[3 * x + 1] = o[3 * x + 2] = static_cast<uint8_t>(v);
+    for (int x = 0, g = static_cast<int>(x0 % tile); x < width;) {  // the tile, wrapped
+      const int run = std::min(width - x, tile - g);
+      std::memcpy(o + 3 * x, glass + 3 * g, 3 * static_cast<size_t>(run));
+      x += run;
+      g = 0;
     }
   }
 }
 
 }  // namespace
+
+std::vector<uint8_t> glass_tile(const Scene& s) {
+  std::vector<uint8_t> rgb(s.grain.size() * 3);
+  for (size_t k = 0; k < s.grain.size(); ++k)
+    rgb[3 * k] = rgb[3 * k + 1] = rgb[3 * k + 2] =
+        static_cast<uint8_t>(std::clamp(s.glass + s.grain[k], 0.0f, 255.0f));
+  return rgb;
+}
 
 void tissue_box(const Scene& scene, int64_t x0, int64_t y0, int width, int height, float* out) {
   if (!tissue_grid(scene, pixel_coords(x0, width), pixel_coords(y0, height), out))

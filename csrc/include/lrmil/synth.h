@@ -57,8 +57,12 @@ struct Scene {
   float h_scale = 1, e_scale = 1, glass = 255;
   int grain_tile = 1;
   std::vector<float> grain;  // grain_tile^2 sensor noise (grey levels), tiled over the slide
+  std::vector<uint8_t> glass_rgb;  // glass_tile(): bare glass, grain_tile^2 RGB pixels
   int margin = 0;            // px rendered around a box: room for every nucleus touching it
 };
+
+// The RGB pixels of bare glass over one grain tile (Scene::glass_rgb).
+std::vector<uint8_t> glass_tile(const Scene& scene);
 
 // RGB (height, width, 3) of the level-0 box at (x0, y0) into `out`, row-major.
 void render_box(const Scene& scene, int64_t x0, int64_t y0, int width, int height, uint8_t* out);
