@@ -172,7 +172,8 @@ bool tissue_grid(const Scene& s, const std::vector<double>& xs, const std::vecto
   return true;
 }
 
-// Per-pixel maps of the padded grid, kept per thread between boxes.
+// Per-pixel maps of the padded grid (fibre: of the box itself), kept per thread between boxes
+// so that their pages are not faulted in again for every box.
 struct Work {
   std::vector<float> tissue, edge, hema, in_region, eosin, fibre;
   std::vector<float> density[3];  // per region kind: nucleus acceptance probability
