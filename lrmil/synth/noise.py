@@ -36,6 +36,16 @@ def _nodes(coords: np.ndarray, spacing: float, smooth: bool) -> tuple[np.ndarray
     return i.astype(np.int64), t * t * (3 - 2 * t) if smooth else t
 
 
+def _needed(i: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The nodes an axis reads (sorted), and the positions in them of each coordinate's left
+    and right node. A coordinate on a node (weight 0) reads only that node, so a grid coarser
+    than the lattice, like the scene's 16 px placement grid on the tissue's 8 px lattice,
+    evaluates only the nodes it hits (the result is the same: left + 0 * (right - left))."""
+    nodes = np.unique(np.concatenate([i, i[t > 0] + 1]))
+    left = np.searchsorted(nodes, i)
+    return nodes, left, np.where(t > 0, left + 1, left)
+
+
 def interpolate(
     lattice: Callable[[np.ndarray, np.ndarray], np.ndarray],
     xs: np.ndarray,
@@ -44,22 +54,19 @@ def interpolate(
     smooth: bool = True,
 ) -> np.ndarray:
     """Interpolate values given at the lattice nodes (j * spacing) to the grid ys x xs:
-    `lattice(jy (m, 1), jx (1, n)) -> (m, n)` is called once on the few nodes needed; x first,
+    `lattice(jy (m, 1), jx (1, n)) -> (m, n)` is called once on the nodes needed; x first,
     on those rows, then y by whole-row gathers (cheap, contiguous). No BLAS: a matrix product
     would be as fast on one thread but stalls when OpenBLAS threads compete on a busy machine.
     The result at a point depends only on its global coordinates, never on the grid's extent."""
     ix, tx = _nodes(xs, spacing, smooth)
     iy, ty = _nodes(ys, spacing, smooth)
-    x_first, y_first = int(ix.min()), int(iy.min())
-    jy = np.arange(y_first, int(iy.max()) + 2)[:, None]
-    jx = np.arange(x_first, int(ix.max()) + 2)[None, :]
-    values = np.asarray(lattice(jy, jx), np.float32)
-    rx = ix - x_first
-    left = values[:, rx]
-    columns = left + tx * (values[:, rx + 1] - left)  # (lattice rows, len(xs))
-    ry = iy - y_first
-    top = columns[ry]
-    return top + ty[:, None] * (columns[ry + 1] - top)
+    jx, x_left, x_right = _needed(ix, tx)
+    jy, y_left, y_right = _needed(iy, ty)
+    values = np.asarray(lattice(jy[:, None], jx[None, :]), np.float32)
+    left = values[:, x_left]
+    columns = left + tx * (values[:, x_right] - left)  # (lattice rows, len(xs))
+    top = columns[y_left]
+    return top + ty[:, None] * (columns[y_right] - top)
 
 
 class ValueNoise:
