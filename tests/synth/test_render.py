@@ -10,7 +10,7 @@ import pytest
 
 from lrmil.errors import ConfigError
 from lrmil.synth import make_scene, write_slide
-from lrmil.synth.noise import ValueNoise
+from lrmil.synth.noise import ValueNoise, hash_uniform, interpolate
 from lrmil.synth.render import compiled_scene, render_box
 
 
@@ -31,6 +31,18 @@ def test_noise_is_a_function_of_global_coordinates():
     np.testing.assert_array_equal(
         noise.grid(xs, ys)[60:90, 10:200], noise.grid(xs[10:200], ys[60:90])
     )
+
+
+@pytest.mark.parametrize("smooth", [True, False])
+def test_a_grid_coarser_than_the_lattice_reads_the_same_values(smooth):
+    """interpolate() skips the nodes that only coordinates on a node would weigh by 0."""
+
+    def lattice(jy, jx):
+        return hash_uniform(4, jy, jx)
+
+    dense = interpolate(lattice, np.arange(-40, 600), np.arange(5, 400), 8, smooth)
+    sparse = interpolate(lattice, np.arange(-40, 600, 16), np.arange(5, 400, 24), 8, smooth)
+    np.testing.assert_array_equal(sparse, dense[::24, ::16])
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
