@@ -34,15 +34,25 @@ def test_noise_is_a_function_of_global_coordinates():
 
 
 @pytest.mark.parametrize("smooth", [True, False])
-def test_a_grid_coarser_than_the_lattice_reads_the_same_values(smooth):
-    """interpolate() skips the nodes that only coordinates on a node would weigh by 0."""
+@pytest.mark.parametrize("step", [1, 16])  # a grid finer, and one coarser than the lattice
+def test_interpolate_matches_the_pointwise_formula(smooth, step):
+    """interpolate() reads only the nodes it needs (none that a coordinate on a node weighs
+    by 0), and gives, bit for bit, the four-node formula at every point."""
 
     def lattice(jy, jx):
         return hash_uniform(4, jy, jx)
 
-    dense = interpolate(lattice, np.arange(-40, 600), np.arange(5, 400), 8, smooth)
-    sparse = interpolate(lattice, np.arange(-40, 600, 16), np.arange(5, 400, 24), 8, smooth)
-    np.testing.assert_array_equal(sparse, dense[::24, ::16])
+    xs, ys = np.arange(-40, 600, step), np.arange(3, 400, step + step // 2)
+    fx, fy = xs / 8, ys / 8
+    ix, iy = np.floor(fx).astype(np.int64), np.floor(fy).astype(np.int64)
+    tx, ty = (fx - ix).astype(np.float32), (fy - iy).astype(np.float32)
+    if smooth:
+        tx, ty = tx * tx * (3 - 2 * tx), ty * ty * (3 - 2 * ty)
+    jy, jx = iy[:, None], ix[None, :]
+    top = lattice(jy, jx) + tx * (lattice(jy, jx + 1) - lattice(jy, jx))
+    bottom = lattice(jy + 1, jx) + tx * (lattice(jy + 1, jx + 1) - lattice(jy + 1, jx))
+    expected = top + ty[:, None] * (bottom - top)
+    np.testing.assert_array_equal(interpolate(lattice, xs, ys, 8, smooth), expected)
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
