@@ -79,9 +79,12 @@ void reduce_rows(int64_t n, const Chunking& ch, const std::vector<A>& partial, A
 }
 
 // ---- per-chunk primitives ----
-// Reductions keep kLanes partial sums and add them in a fixed tree: GCC vectorises that without
-// -ffast-math, and the bits do not depend on the vector width (no FMA contraction: the AVX2
-// clone does not enable FMA), so the AVX2 and baseline clones agree exactly.
+// block_mse's sums over features keep kLanes partial sums added in a fixed tree: GCC vectorises
+// that without -ffast-math and the bits do not depend on the vector width (the AVX2 clone does
+// not enable FMA, so no contraction either). child_mse's loop also updates the child mean, and
+// such a store keeps GCC from holding kLanes partial sums in registers, so it uses an `omp simd`
+// reduction, whose order follows the vector width: the AVX2 and baseline clones may differ in
+// the last bits. On one machine, results never depend on the thread count.
 
 constexpr int64_t kLanes = 16;
 
@@ -100,55 +103,72 @@ LRMIL_INLINE A sum_lanes(A* lane) {
 constexpr int kGroup = 4;
 constexpr int64_t kPageBytes = 4096;
 
+template <typename A>
+struct ChildTerms {
+  A err, mean;  // sum_c w_c (t_cj - s_j)^2 and sum_c w_c t_cj at one feature j
+};
+
+// Up to kGroup children, as separate pointers and weights: loop invariants held in registers.
+template <typename T, typename A>
+struct Group {
+  const T *t0, *t1, *t2, *t3;
+  A w0, w1, w2, w3;
+};
+
+template <int NC, typename T, typename A>
+LRMIL_INLINE ChildTerms<A> child_terms(const Group<T, A>& g, int64_t st, A s, int64_t j) {
+  const auto term = [&](const T* t, A w, ChildTerms<A>& r) {
+    const A tv = load(t + j * st);
+    r.err += w * sq(tv - s);
+    r.mean += w * tv;
+  };
+  ChildTerms<A> r{0, 0};
+  term(g.t0, g.w0, r);
+  if constexpr (NC > 1) term(g.t1, g.w1, r);
+  if constexpr (NC > 2) term(g.t2, g.w2, r);
+  if constexpr (NC > 3) term(g.t3, g.w3, r);
+  return r;
+}
+
 // sum_j sum_c w_c (t_cj - s_j)^2 over a group of NC children; with Mean also
 // mean_j += sum_c w_c t_cj, from the same read of t.
 template <int NC, bool Mean, typename T, typename A>
-LRMIL_INLINE A child_group(const T* const* t, int64_t st, const A* w, const A* s, A* mean,
-                           int64_t len) {
-  A lane[kLanes] = {};
-  const auto feature = [&](int64_t j, A& err) {
-    A e = 0, mn = 0;
-    for (int c = 0; c < NC; ++c) {
-      const A tv = load(t[c] + j * st);
-      e += w[c] * sq(tv - s[j]);
-      mn += w[c] * tv;
-    }
-    err += e;
-    if (Mean) mean[j] += mn;
-  };
-  int64_t j = 0;
-  for (; j + kLanes <= len; j += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) feature(j + l, lane[l]);
+LRMIL_INLINE A child_group(const Group<T, A> g, int64_t st, const A* s, A* mean, int64_t len) {
+  A err = 0;
+#pragma omp simd reduction(+ : err)
+  for (int64_t j = 0; j < len; ++j) {
+    const ChildTerms<A> r = child_terms<NC>(g, st, s[j], j);
+    err += r.err;
+    if (Mean) mean[j] += r.mean;
   }
-  for (; j < len; ++j) feature(j, lane[j % kLanes]);
-  return sum_lanes(lane);
+  return err;
 }
 
 template <bool Mean, typename T, typename A>
-LRMIL_INLINE A child_group_n(const T* const* t, int64_t st, const A* w, int nc, const A* s,
-                             A* mean, int64_t len) {
+LRMIL_INLINE A child_group_n(const Group<T, A>& g, int nc, int64_t st, const A* s, A* mean,
+                             int64_t len) {
   static_assert(kGroup == 4, "one case per group size");
   switch (nc) {
-    case 4: return child_group<4, Mean>(t, st, w, s, mean, len);
-    case 3: return child_group<3, Mean>(t, st, w, s, mean, len);
-    case 2: return child_group<2, Mean>(t, st, w, s, mean, len);
-    default: return child_group<1, Mean>(t, st, w, s, mean, len);
+    case 4: return child_group<4, Mean>(g, st, s, mean, len);
+    case 3: return child_group<3, Mean>(g, st, s, mean, len);
+    case 2: return child_group<2, Mean>(g, st, s, mean, len);
+    default: return child_group<1, Mean>(g, st, s, mean, len);
   }
 }
 
-LRMIL_CLONES float child_group_f32(const float* const* t, const float* w, int nc, const float* s,
+LRMIL_CLONES float child_group_f32(const Group<float, float>& g, int nc, const float* s,
                                    float* mean, int64_t len) {
-  return mean != nullptr ? child_group_n<true>(t, int64_t(1), w, nc, s, mean, len)
-                         : child_group_n<false>(t, int64_t(1), w, nc, s, mean, len);
+  return mean != nullptr ? child_group_n<true>(g, nc, int64_t(1), s, mean, len)
+                         : child_group_n<false>(g, nc, int64_t(1), s, mean, len);
 }
 
 template <bool Mean, bool Contig, typename T, typename A>
-inline A child_group_any(const T* const* t, int64_t st, const A* w, int nc, const A* s, A* mean,
+inline A child_group_any(const Group<T, A>& g, int nc, int64_t st, const A* s, A* mean,
                          int64_t len) {
   if constexpr (kFastF32<T, Contig>) {
-    return child_group_f32(t, w, nc, s, mean, len);
+    return child_group_f32(g, nc, s, mean, len);
   } else {
-    return child_group_n<Mean>(t, fstride<Contig>(st), w, nc, s, mean, len);
+    return child_group_n<Mean>(g, nc, fstride<Contig>(st), s, mean, len);
   }
 }
 
@@ -251,8 +271,8 @@ void child_mse_fwd_impl(const ChildMseParams& p) {
     if (Mean) std::fill(tb, tb + len, A(0));
     // Children with weight 0 are never read; the others go in groups (see kGroup).
     const int group = len * int64_t(sizeof(T)) >= kPageBytes ? kGroup : 1;
-    const T* group_t[kGroup];
-    A group_w[kGroup];
+    const T* group_t[kGroup] = {};
+    A group_w[kGroup] = {};
     int nc = 0;
     A err = 0;
     for (int64_t c = 0; c < p.k; ++c) {
@@ -262,7 +282,9 @@ void child_mse_fwd_impl(const ChildMseParams& p) {
         group_w[nc++] = wk;
       }
       if (nc == group || (c == p.k - 1 && nc > 0)) {
-        err += child_group_any<Mean, Contig>(group_t, p.t_sd, group_w, nc, sv, tb, len);
+        const Group<T, A> g{group_t[0], group_t[1], group_t[2], group_t[3],
+                            group_w[0], group_w[1], group_w[2], group_w[3]};
+        err += child_group_any<Mean, Contig>(g, nc, p.t_sd, sv, tb, len);
         nc = 0;
       }
     }
