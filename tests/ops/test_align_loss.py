@@ -301,6 +301,19 @@ def test_custom_op_autograd_matches_eager(t_grad):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+class _Losses(torch.nn.Module):
+    def forward(self, s, t, w, grid, valid):
+        return child_mse(s, t, w) + block_mse(grid, t, valid, 2)
+
+
+def test_export_sees_the_custom_ops():
+    args = (_rand(3, 5), _rand(3, 4, 5, seed=1), _weights(3, 4), _rand(3, 4, 4, 5), _valid(3, 4))
+    program = torch.export.export(_Losses(), args)
+    targets = {str(node.target) for node in program.graph.nodes}
+    assert {"lrmil.child_mse.default", "lrmil.block_mse.default"} <= targets
+    torch.testing.assert_close(program.module()(*args), _Losses()(*args))
+
+
 class _RecordOps(TorchDispatchMode):
     def __init__(self):
         super().__init__()
