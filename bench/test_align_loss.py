@@ -88,9 +88,10 @@ def _inputs(op: str, n: int, d: int):
     if op == "child":
         s = torch.randn(n, d, generator=g, requires_grad=True)
         w = torch.rand(n, K, generator=g)
-        # fwd: read t and s, write tbar; bwd: read s and tbar, write ds.
-        fwd = (t.numel() + 2 * s.numel()) * 4
-        return s, (s, t, w), {"fwd": fwd, "fwd+bwd": fwd + 3 * s.numel() * 4}
+        # fwd (no grad): read t and s; fwd+bwd also writes tbar, then reads s and tbar and
+        # writes ds.
+        fwd = (t.numel() + s.numel()) * 4
+        return s, (s, t, w), {"fwd": fwd, "fwd+bwd": fwd + 4 * s.numel() * 4}
     grid = torch.randn(n, G, G, d, generator=g, requires_grad=True)
     valid = torch.rand(n, K, generator=g) > 0.2
     # fwd: read S and t; fwd+bwd: read S and t, write dS (an ideal fused pair; ours reads S twice).
