@@ -313,7 +313,7 @@ void child_mse_bwd_impl(const ChildMseParams& p) {
   // ds alone reads s and tbar and writes ds: O(N D), never t.
   const int64_t reads_per_feature = dt != nullptr ? p.k : 1;
 
-  for_each_chunk(p.n, chunking(p.n, p.d), reads_per_feature, [&](int64_t i, int64_t d0, int64_t len, int64_t) {
+  const auto task = [&](int64_t i, int64_t d0, int64_t len, int64_t) {
     const A* wi = w + i * p.w_sn;
     const A total = weight_sum(wi, p.k, p.w_sk);
     const A g_scale = grad[i] * child_mse_scale(total, p.d);
@@ -322,7 +322,9 @@ void child_mse_bwd_impl(const ChildMseParams& p) {
       const A* tb = tbar + i * p.d + d0;
       const A g_total = g_scale * total;
       T* dsi = ds + i * p.d + d0;
-      for (int64_t j = 0; j < len; ++j) store(dsi + j, child_mse_grad_s(g_total, A(load(si + j * s_sd)), tb[j]));
+      for (int64_t j = 0; j < len; ++j) {
+        store(dsi + j, child_mse_grad_s(g_total, A(load(si + j * s_sd)), tb[j]));
+      }
     }
     if (dt == nullptr) return;
     A sv[kChunk];
@@ -333,7 +335,8 @@ void child_mse_bwd_impl(const ChildMseParams& p) {
       T* dtk = dt + (i * p.k + c) * p.d + d0;
       for (int64_t j = 0; j < len; ++j) store(dtk + j, child_mse_grad_t(gw, A(load(tk + j * t_sd)), sv[j]));
     }
-  });
+  };
+  for_each_chunk(p.n, chunking(p.n, p.d), reads_per_feature, task);
 }
 
 template <typename T, bool Contig>
@@ -394,7 +397,9 @@ void block_mse_bwd_impl(const BlockMseParams& p) {
         if (vi[c * p.v_sk]) {
           block_mean<Contig>(p, S + i * p.S_sn, c, d0, len, gmu);
           const T* tk = t + i * p.t_sn + c * p.t_sk + d0 * t_sd;
-          for (int64_t j = 0; j < len; ++j) gmu[j] = block_mse_grad_m(g_scale, gmu[j], A(load(tk + j * t_sd)));
+          for (int64_t j = 0; j < len; ++j) {
+            gmu[j] = block_mse_grad_m(g_scale, gmu[j], A(load(tk + j * t_sd)));
+          }
         } else {
           std::fill(gmu, gmu + len, A(0));
         }
