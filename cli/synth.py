@@ -41,7 +41,11 @@ def synth(
     lr_cue: Annotated[
         float, typer.Option(help="0..1, strength of the foci's faint low-power cue.")
     ] = 1.0,
-    workers: Annotated[int, typer.Option(help="Slides rendered in parallel processes.")] = 1,
+    workers: Annotated[
+        int,
+        typer.Option(help="Slides rendered in parallel processes; workers beyond the number of "
+                     "slides render each slide's blocks as threads (same bytes)."),
+    ] = 1,
 ) -> None:
     """Write a synthetic H&E-like cohort whose class signal (foci of enlarged, irregular,
     hyperchromatic nuclei) is clear at 20x and faint at 5x, with look-alike confounders on every
