@@ -17,7 +17,6 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 #include "lrmil/attention_pool.h"
@@ -37,54 +36,11 @@ bool worth_threads(const AttentionPoolParams& p) {
 
 // sum_l w_l tanh(v_l) sigmoid(u_l): kept out of the OpenMP region, where GCC vectorises it.
 template <typename S>
-LRMIL_INLINE acc_t<S> gate_dot_impl(const S* v, const S* u, const acc_t<S>* w, int64_t L) {
+acc_t<S> gate_dot(const S* v, const S* u, const acc_t<S>* w, int64_t L) {
   acc_t<S> e = 0;
 #pragma omp simd reduction(+ : e)
   for (int64_t l = 0; l < L; ++l) e += gate_term(load(v + l), load(u + l), w[l]);
   return e;
-}
-
-// The gate math is compute-bound: fp32 gets AVX2 / baseline clones (see LRMIL_CLONES).
-LRMIL_CLONES float gate_dot_f32(const float* v, const float* u, const float* w, int64_t L) {
-  return gate_dot_impl(v, u, w, L);
-}
-
-template <typename S>
-acc_t<S> gate_dot(const S* v, const S* u, const acc_t<S>* w, int64_t L) {
-  if constexpr (std::is_same_v<S, float>) {
-    return gate_dot_f32(v, u, w, L);
-  } else {
-    return gate_dot_impl(v, u, w, L);
-  }
-}
-
-// One row of the gate backward: d/dv and d/du of the logit (scaled by its gradient de) into
-// gv / gu, and de * gate into the grad_w partial gw.
-template <typename S>
-LRMIL_INLINE void gate_row_grad_impl(const S* v, const S* u, const acc_t<S>* w, acc_t<S> de,
-                                     S* gv, S* gu, acc_t<S>* gw, int64_t L) {
-#pragma omp simd
-  for (int64_t l = 0; l < L; ++l) {
-    const GateGrad<acc_t<S>> g = gate_term_grad(load(v + l), load(u + l), w[l], de);
-    store(gv + l, g.dv);
-    store(gu + l, g.du);
-    gw[l] += de * g.gate;
-  }
-}
-
-LRMIL_CLONES void gate_row_grad_f32(const float* v, const float* u, const float* w, float de,
-                                    float* gv, float* gu, float* gw, int64_t L) {
-  gate_row_grad_impl(v, u, w, de, gv, gu, gw, L);
-}
-
-template <typename S>
-void gate_row_grad(const S* v, const S* u, const acc_t<S>* w, acc_t<S> de, S* gv, S* gu,
-                   acc_t<S>* gw, int64_t L) {
-  if constexpr (std::is_same_v<S, float>) {
-    gate_row_grad_f32(v, u, w, de, gv, gu, gw, L);
-  } else {
-    gate_row_grad_impl(v, u, w, de, gv, gu, gw, L);
-  }
 }
 
 template <typename S>
@@ -238,7 +194,14 @@ void gate_backward(const AttentionPoolParams& p, const acc_t<S>* grad_logit) {
       const S* v = proj + t * p.proj_row_stride;
       const S* u = v + L;
       S* gv = grad_proj + t * 2 * L;
-      gate_row_grad(v, u, w, de, gv, gv + L, gw, L);
+      S* gu = gv + L;
+#pragma omp simd
+      for (int64_t l = 0; l < L; ++l) {
+        const GateGrad<A> g = gate_term_grad(load(v + l), load(u + l), w[l], de);
+        store(gv + l, g.dv);
+        store(gu + l, g.du);
+        gw[l] += de * g.gate;
+      }
       gw[L] += de;
     }
   }
