@@ -32,9 +32,15 @@ DType to_dtype(int code) {
 #define LRMIL_CUDA_KERNEL(fn) nullptr
 #endif
 
+// Params is deduced from the CPU kernel alone: in a CPU-only build the CUDA one is nullptr.
+template <typename T>
+struct NonDeduced {
+  using type = T;
+};
+
 template <typename Params>
 void launch(const Params& p, bool cuda, uintptr_t stream, void (*cpu)(const Params&),
-            void (*cuda_fn)(const Params&, void*)) {
+            typename NonDeduced<void (*)(const Params&, void*)>::type cuda_fn) {
   if (!cuda) return cpu(p);
   if (cuda_fn == nullptr) throw std::runtime_error("align_loss: lrmil was built without CUDA kernels");
   cuda_fn(p, ptr(stream));
