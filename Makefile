@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: env build test test-slow bench demo lint clean
+.PHONY: env build build-cpu-only test test-slow bench demo lint clean
 
 # The environment: a venv with the pinned CPU torch, build tools and the project's extras.
 $(VENV)/.deps: pyproject.toml Makefile
@@ -25,7 +25,13 @@ env: $(VENV)/.deps
 build: env
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 
-test: build
+# Machines without nvcc build with LRMIL_CUDA=OFF (AUTO finds nvcc here): that must compile too.
+build-cpu-only: env
+	cmake -S . -B build/cpu-only -G Ninja -DCMAKE_MAKE_PROGRAM=$(CURDIR)/$(VENV)/bin/ninja -DLRMIL_CUDA=OFF -DCMAKE_BUILD_TYPE=Release \
+		-DPython_EXECUTABLE=$(PY) -Dpybind11_DIR=$$($(PY) -m pybind11 --cmakedir) > /dev/null
+	cmake --build build/cpu-only
+
+test: build build-cpu-only
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-slow: build
