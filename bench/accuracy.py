@@ -1,10 +1,16 @@
 """The accuracy benchmark of performance.md: on a synthetic cohort, 5-fold CV of the HR teacher,
 the LR baseline and the LRMIL student, over several seeds, in `encoder` and `adapter` mode.
 
-    .venv/bin/python bench/accuracy.py [--work DIR] [--slides 40] [--size 4096] [--seeds 0 1]
+    .venv/bin/python bench/accuracy.py [--work DIR] [--slides 100] [--size 2048] [--seeds 0 1]
 
 synth -> tile -> embed (lrmil-cnn, LR and HR with the default layers) -> distill, each step
-resumable from its outputs in --work. Writes bench/results/accuracy.md (and .json): per mode and
+resumable from its outputs in --work (delete --work after changing the cohort's options). The
+cohort: slides of 2048^2 px at 20x tiled with 64 px patches (an LR patch covers 256^2 px of 20x
+tissue, as a 256 px 5x patch covers 1024^2 px on a real slide at a 16x smaller cost), tumour foci
+and their look-alike clusters of radius 25-45 px, twice the default look-alikes, so that at 5x a
+focus is a faint speck in one LR patch among many similar ones while the HR teacher sees its
+nuclei. bench/results/accuracy_study.md says how the
+defaults were found. Writes bench/results/accuracy.md (and .json): per mode and
 seed the mean AUCs, the gap teacher - baseline and the share the student recovers, with the
 targets (gap >= 0.10 AUC, recovered >= 0.7, mean over folds and seeds).
 """
@@ -23,16 +29,21 @@ import numpy as np
 RESULTS = Path(__file__).parent / "results"
 
 
-def prepare(work: Path, slides: int, size: int, workers: int) -> tuple[Path, Path, list[str]]:
+def prepare(work: Path, args: argparse.Namespace) -> tuple[Path, Path, list[str]]:
     """The cohort's features and a labels CSV without the slides that have no tissue patch."""
     from lrmil.data import read_features
     from lrmil.embed import embed_slides
-    from lrmil.synth import make_cohort
-    from lrmil.tiling import tile_slides
+    from lrmil.synth import SynthConfig, make_cohort
+    from lrmil.tiling import TilingConfig, tile_slides
 
     if not (work / "labels.csv").exists():
-        make_cohort(work, n_slides=slides, seed=0, width=size, height=size, workers=workers)
-    tile_slides([str(work / "slides")], work / "tiled", workers=workers)
+        radius = tuple(args.radius)
+        config = SynthConfig(foci=tuple(args.foci), focus_radius=radius, cluster_radius=radius,
+                             lymph_clusters=tuple(args.lymph), nests=tuple(args.nests))
+        make_cohort(work, n_slides=args.slides, seed=0, width=args.size, height=args.size,
+                    config=config, workers=args.workers)
+    tile_slides([str(work / "slides")], work / "tiled",
+                TilingConfig(patch_size=args.patch_size), workers=args.workers)
     embed_slides(work / "tiled", "lrmil-cnn", work / "features", mag="both",
                  layers=["default"], batch_size=64, workers=0)
     with (work / "labels.csv").open(newline="") as fh:
@@ -103,8 +114,16 @@ def summarise(results: dict[str, dict[int, dict]], dropped: list[str], args) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/lrmil-accuracy"))
-    parser.add_argument("--slides", type=int, default=40)
-    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--slides", type=int, default=100)
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--patch-size", type=int, default=64)
+    parser.add_argument("--foci", type=int, nargs=2, default=[8, 12], help="per 4096^2 px")
+    parser.add_argument("--radius", type=float, nargs=2, default=[25.0, 45.0],
+                        help="of the foci and of their look-alike clusters, 20x px")
+    parser.add_argument("--lymph", type=int, nargs=2, default=[8, 12],
+                        help="lymphocyte clusters per 4096^2 px, both classes")
+    parser.add_argument("--nests", type=int, nargs=2, default=[6, 10],
+                        help="benign epithelial nests per 4096^2 px, both classes")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--modes", nargs="+", default=["encoder", "adapter"])
     parser.add_argument("--workers", type=int, default=2)
@@ -114,7 +133,7 @@ def main() -> None:
 
     args.argv = sys.argv[1:]
     args.work.mkdir(parents=True, exist_ok=True)
-    features, labels, dropped = prepare(args.work, args.slides, args.size, args.workers)
+    features, labels, dropped = prepare(args.work, args)
     results: dict[str, dict[int, dict]] = {}
     for seed in args.seeds:  # every mode of a seed first: partial results cover both modes
         for mode in args.modes:

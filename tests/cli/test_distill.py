@@ -26,7 +26,7 @@ def one_thread():
 
 def test_distill_runs_and_prints_the_report(features, tmp_path):
     config = tmp_path / "cfg.yaml"
-    config.write_text("seed: 3\nkd:\n  attn_map: max\n")
+    config.write_text("seed: 3\nkd:\n  attn_map: mean\n")
     out = tmp_path / "run"
     args = ["distill", "--features", str(features), "--labels", str(features / "labels.csv"),
             "--out", str(out), "--config", str(config), *TINY_OVERRIDES, "folds=2"]
@@ -36,7 +36,7 @@ def test_distill_runs_and_prints_the_report(features, tmp_path):
         assert word in result.output
     assert "LR baseline" in (out / "report.md").read_text()
     saved = json.loads((out / "config.json").read_text())
-    assert saved["seed"] == 3 and saved["kd"]["attn_map"] == "max" and saved["folds"] == 2
+    assert saved["seed"] == 3 and saved["kd"]["attn_map"] == "mean" and saved["folds"] == 2
     assert (out / "roc.png").is_file() and (out / "fold_2" / "student.safetensors").is_file()
 
 

@@ -12,12 +12,12 @@ def test_defaults_are_valid_and_documented_values():
 
 def test_yaml_then_fields_then_dotted_overrides(tmp_path):
     path = tmp_path / "cfg.yaml"
-    path.write_text("folds: 3\nkd:\n  lambda_bag: 0.25\n  attn_map: max\nmil:\n  proj_dim: 64\n")
+    path.write_text("folds: 3\nkd:\n  lambda_bag: 0.25\n  attn_map: mean\nmil:\n  proj_dim: 64\n")
     cfg = load_config(path, ["kd.lambda_bag=0.5", "stage1.mode=adapter", "teacher.lr=3e-3",
                              "ablations=no_stage1,no_logit_kd", "mil.proj_dim=null"],
                       out="run")
     assert cfg.folds == 3
-    assert cfg.kd.lambda_bag == 0.5 and cfg.kd.attn_map == "max"
+    assert cfg.kd.lambda_bag == 0.5 and cfg.kd.attn_map == "mean"
     assert cfg.stage1.mode == "adapter" and cfg.out == "run" and cfg.teacher.lr == 3e-3
     assert cfg.ablations == ["no_stage1", "no_logit_kd"]
     assert cfg.mil.proj_dim is None

@@ -66,7 +66,8 @@ def test_teacher_saves_logits_and_attention_logits(toy_run, toy_features):
         # the weights of the pooling that produced the saved slide logits.
         assert not torch.isclose(attn_logits.sum(), torch.tensor(1.0))
         with torch.no_grad():
-            h = (hr - model.in_mean) / model.in_std  # the teacher standardises its inputs
+            # The teacher standardises (and projects) its inputs before pooling.
+            h = model.project((hr - model.in_mean) / model.in_std)
             z = torch.softmax(attn_logits, 0) @ h
             assert torch.allclose(model.classifier(z), logits, atol=1e-4)
             direct = model(hr, torch.tensor([0, hr.shape[0]]))
