@@ -4,9 +4,15 @@ the command, so `lrmil --help` stays fast."""
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Annotated
 
 import typer
+
+# libgomp (loaded with torch, later) spin-waits between parallel regions by default, which costs
+# tens of ms per fused-op call when the cores are shared; sleeping threads cost microseconds.
+# Read once when libgomp loads, so it is set here; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 app = typer.Typer(
     name="lrmil",
