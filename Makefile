@@ -43,16 +43,18 @@ bench: build
 # The main job end to end on a built-in synthetic cohort: synth -> tile -> embed -> distill ->
 # export (ONNX) -> infer (ONNX Runtime) on held-out slides. Re-running resumes from DEMO_DIR.
 DEMO_DIR ?= demo_out
+# The accuracy benchmark's cohort design: small tumour foci among many look-alike regions.
+DEMO_COHORT := --size 2048 --foci 8 12 --focus-radius 25 45 --lymph 8 12 --nests 6 10
 LRMIL := $(VENV)/bin/lrmil
 demo: build
 	$(LRMIL) info
-	$(LRMIL) synth $(DEMO_DIR)/cohort --slides 24 --size 2048 --foci 8 12 --seed 0 --workers 2
+	$(LRMIL) synth $(DEMO_DIR)/cohort --slides 48 $(DEMO_COHORT) --seed 0 --workers 2
 	$(LRMIL) tile $(DEMO_DIR)/cohort/slides --out $(DEMO_DIR)/tiled --patch-size 64 --workers 2
 	$(LRMIL) embed $(DEMO_DIR)/tiled --encoder lrmil-cnn --mag both --layers default --out $(DEMO_DIR)/features
 	$(LRMIL) distill --features $(DEMO_DIR)/features --labels $(DEMO_DIR)/cohort/labels.csv \
 		--tiled $(DEMO_DIR)/tiled --out $(DEMO_DIR)/run --config configs/demo.yaml
 	$(LRMIL) export $(DEMO_DIR)/run --format onnx
-	$(LRMIL) synth $(DEMO_DIR)/heldout --slides 4 --size 2048 --foci 8 12 --seed 1
+	$(LRMIL) synth $(DEMO_DIR)/heldout --slides 4 $(DEMO_COHORT) --seed 1 --workers 2
 	$(LRMIL) infer $(DEMO_DIR)/heldout/slides --model $(DEMO_DIR)/run --engine onnx \
 		--out $(DEMO_DIR)/predictions
 	cat $(DEMO_DIR)/predictions/predictions.csv

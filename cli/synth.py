@@ -24,6 +24,15 @@ def parse_size(text: str) -> tuple[int, int]:
     return (values[0], values[-1])
 
 
+def check_range(option: str, pair: tuple[float, float], low: float) -> None:
+    """A (min, max) option: low <= min <= max."""
+    from lrmil.errors import ConfigError
+
+    if pair[0] < low or pair[1] < pair[0]:
+        raise ConfigError(f"{option} must be MIN MAX with {low:g} <= MIN <= MAX, got "
+                          f"{' '.join(f'{v:g}' for v in pair)}")
+
+
 @app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="Cohort folder: slides/, labels.csv, cohort.json.")],
@@ -37,6 +46,18 @@ def synth(
     foci: Annotated[
         tuple[int, int],
         typer.Option(help="Tumour foci per positive slide (min max, per 4096^2 px)."),
+    ] = (2, 4),
+    focus_radius: Annotated[
+        tuple[float, float],
+        typer.Option(help="Radius of the foci and of their look-alike clusters (min max, 20x px)."),
+    ] = (45.0, 90.0),
+    lymph: Annotated[
+        tuple[int, int],
+        typer.Option(help="Lymphocyte clusters per slide, both classes (min max, per 4096^2 px)."),
+    ] = (3, 6),
+    nests: Annotated[
+        tuple[int, int],
+        typer.Option(help="Benign epithelial nests per slide, both classes (min max, per 4096^2)."),
     ] = (2, 4),
     lr_cue: Annotated[
         float, typer.Option(help="0..1, strength of the foci's faint low-power cue.")
@@ -60,11 +81,14 @@ def synth(
         from lrmil.synth import SynthConfig, make_cohort
 
         width, height = parse_size(size)
-        if foci[0] < 1 or foci[1] < foci[0]:
-            raise ConfigError(f"--foci must be MIN MAX with 1 <= MIN <= MAX, got {foci}")
+        check_range("--foci", foci, 1)
+        check_range("--focus-radius", focus_radius, 4)
+        check_range("--lymph", lymph, 0)
+        check_range("--nests", nests, 0)
         if not 0 <= lr_cue <= 1:
             raise ConfigError(f"--lr-cue must be in [0, 1], got {lr_cue}")
-        config = SynthConfig(foci=foci, lr_cue=lr_cue)
+        config = SynthConfig(foci=foci, focus_radius=focus_radius, cluster_radius=focus_radius,
+                             lymph_clusters=lymph, nests=nests, lr_cue=lr_cue)
         console = Console(stderr=True)
         start = time.perf_counter()
         with Progress(

@@ -22,6 +22,19 @@ def test_synth_writes_a_cohort(tmp_path):
     assert "3 slides" in result.output
 
 
+def test_cohort_options_reach_the_generator(tmp_path):
+    import json
+
+    result = CliRunner().invoke(app, [
+        "synth", str(tmp_path), "--slides", "1", "--size", "512", "--foci", "5", "6",
+        "--focus-radius", "20", "30", "--lymph", "7", "8", "--nests", "0", "1"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "cohort.json").read_text())["config"]
+    assert config["foci"] == [5, 6] and config["lymph_clusters"] == [7, 8]
+    assert config["focus_radius"] == config["cluster_radius"] == [20.0, 30.0]
+    assert config["nests"] == [0, 1]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -29,6 +42,9 @@ def test_synth_writes_a_cohort(tmp_path):
         (["--size", "100x100"], "at least 256"),
         (["--slides", "0"], "--slides must be >= 1"),
         (["--foci", "3", "1"], "--foci must be"),
+        (["--focus-radius", "2", "10"], "--focus-radius must be MIN MAX with 4 <="),
+        (["--lymph", "-1", "2"], "--lymph must be"),
+        (["--nests", "5", "2"], "--nests must be"),
         (["--lr-cue", "2"], "--lr-cue must be"),
         (["--positive-fraction", "-0.1"], "--positive-fraction"),
     ],
