@@ -200,7 +200,7 @@ def load_student(run: str | Path, fold: int | None = None):
     elif cfg.stage1.enabled:
         adapter = load_adapter(fold_dir / "stage1_adapter.safetensors")
         encoder = dataclasses.replace(encoder, model=torch.nn.Sequential(encoder.model, adapter),
-                                      dim=adapter.out_dim)
+                                      dim=adapter.feature_dim)
     encoder.model.eval()
     return encoder, mil, config
 

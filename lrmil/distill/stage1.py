@@ -37,19 +37,26 @@ FEATURES = "stage1_features.safetensors"
 
 
 class Adapter(nn.Module):
-    """`y = skip(x) + mlp(x)`; the MLP's last layer starts at zero, so training starts from the
-    un-distilled features (identity, or a linear map where the dimensions differ)."""
+    """Stage 1 on cached features. `align(x) = skip(x) + mlp(x)` is trained towards the HR
+    teacher's children (the MLP's last layer starts at zero, so it starts from the un-distilled
+    features: identity, or a linear map where the dimensions differ). The stage-1 feature is
+    `forward(x) = [x, align(x)]`, `feature_dim` wide: a regression onto the mean child pulls most
+    rows towards the (mostly normal) average and would drop the LR encoder's own faint cues."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden: int = 512) -> None:
         super().__init__()
         self.in_dim, self.out_dim, self.hidden = in_dim, out_dim, hidden
+        self.feature_dim = in_dim + out_dim
         self.skip = nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim)
         self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim))
         nn.init.zeros_(self.mlp[2].weight)
         nn.init.zeros_(self.mlp[2].bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def align(self, x: torch.Tensor) -> torch.Tensor:
         return self.skip(x) + self.mlp(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.align(x)], dim=-1)
 
 
 @dataclass
@@ -154,7 +161,7 @@ def _adapter(cohort: Cohort, train_names: list[str],
     adapter.train()
     for _ in range(cfg.epochs):
         for idx in torch.randperm(n_rows, generator=generator).split(cfg.batch_patches):
-            s = adapter(inputs[idx].to(device))
+            s = adapter.align(inputs[idx].to(device))
             loss = cfg.lambda_attn * child_mse(s, targets.t[idx].to(device),
                                                targets.weight[idx].to(device)).mean()
             _step(loss, params, cfg, optimizer, schedule)

@@ -26,7 +26,10 @@ def test_child_targets_place_children_and_weigh_them_by_teacher_attention():
     assert torch.equal(t.layers["stage1"][1, 2], hr[3] * 10)
 
 
-def test_adapter_starts_as_the_identity():
+def test_adapter_starts_as_the_identity_and_keeps_its_input():
     x = torch.randn(4, 8)
-    torch.testing.assert_close(Adapter(8, 8, hidden=16)(x), x)
-    assert Adapter(8, 5, hidden=16)(x).shape == (4, 5)
+    torch.testing.assert_close(Adapter(8, 8, hidden=16).align(x), x)
+    torch.testing.assert_close(Adapter(8, 8, hidden=16)(x), torch.cat([x, x], 1))
+    adapter = Adapter(8, 5, hidden=16)
+    assert adapter.align(x).shape == (4, 5) and adapter(x).shape == (4, adapter.feature_dim) == (4, 13)
+    torch.testing.assert_close(adapter(x)[:, :8], x)
