@@ -17,7 +17,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lrmil.errors import ConfigError, LrmilError
 from lrmil.tiling.config import TilingConfig
@@ -166,8 +166,18 @@ def _write_errors(out_dir: Path, results: list[SlideResult]) -> None:
     atomic_write_text(out_dir / ERRORS_CSV, buffer.getvalue())
 
 
+class _EagerPool(ProcessPoolExecutor):
+    """Starts all its workers with the first task. CPython (3.11) otherwise spawns them on
+    demand inside submit(): when a worker dies meanwhile, a worker spawned after the pool broke
+    is never terminated and shutdown() waits for it forever."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._safe_to_dynamically_spawn_children = False
+
+
 def _pool(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(
+    return _EagerPool(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_ignore_sigint,
@@ -192,12 +202,17 @@ def _run(
             yield tile_one(slide, out_dir, config, mpp)
         return
     pool = _pool(min(workers, len(todo)))
-    futures: dict[Future[SlideResult], int] = {
-        pool.submit(tile_one, slide, out_dir, config, mpp): i for i, (slide, mpp) in enumerate(todo)
-    }
+    futures: dict[Future[SlideResult], int] = {}
+    broken = False
+    for i, (slide, mpp) in enumerate(todo):
+        try:
+            futures[pool.submit(tile_one, slide, out_dir, config, mpp)] = i
+        except (BrokenProcessPool, OSError):  # a worker died: what is left is retried below
+            broken = True  # and the slide queued last may be one the pool never fails
+            break
     unfinished = set(range(len(todo)))
     try:
-        for future in as_completed(futures):
+        for future in () if broken else as_completed(futures):
             try:
                 result = future.result()
             except BrokenProcessPool:  # a worker died: every unfinished slide is retried below
