@@ -31,5 +31,6 @@ def test_adapter_starts_as_the_identity_and_keeps_its_input():
     torch.testing.assert_close(Adapter(8, 8, hidden=16).align(x), x)
     torch.testing.assert_close(Adapter(8, 8, hidden=16)(x), torch.cat([x, x], 1))
     adapter = Adapter(8, 5, hidden=16)
-    assert adapter.align(x).shape == (4, 5) and adapter(x).shape == (4, adapter.feature_dim) == (4, 13)
+    assert adapter.align(x).shape == (4, 5)
+    assert adapter(x).shape == (4, adapter.feature_dim) == (4, 13)
     torch.testing.assert_close(adapter(x)[:, :8], x)
