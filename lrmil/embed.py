@@ -32,6 +32,7 @@ from lrmil.errors import ConfigError, FileFormatError
 from lrmil.info import versions
 from lrmil.tiling import TiledSlide, read_coords
 from lrmil.utils.atomic import atomic_write_text
+from lrmil.utils.progress import SlideProgress
 
 MAGS = {"lr": ("lr",), "hr": ("hr",), "both": ("lr", "hr")}
 # Attrs that must match for an existing features file to be reused.
@@ -212,7 +213,7 @@ def embed_slides(
     )
     summary = EmbedSummary(run.out)
     start = time.perf_counter()
-    with _Progress(progress, len(coords_files) * len(MAGS[mag])) as bar:
+    with SlideProgress(progress, len(coords_files) * len(MAGS[mag])) as bar:
         for coords_path in coords_files:
             for m in MAGS[mag]:
                 summary.results.append(run.slide(coords_path, m, bar))
@@ -236,7 +237,7 @@ class _Run:
     overwrite: bool
     common_attrs: dict[str, Any]
 
-    def slide(self, coords_path: Path, mag: str, bar: _Progress) -> SlideResult:
+    def slide(self, coords_path: Path, mag: str, bar: SlideProgress) -> SlideResult:
         name = coords_path.stem
         start = time.perf_counter()
         try:
@@ -272,7 +273,7 @@ class _Run:
                     workers=self.workers,
                     device=self.device,
                     layers=layers,
-                    on_batch=bar.advance,
+                    on_batch=bar.patches,
                 )
             finally:
                 dataset.close()
@@ -298,53 +299,3 @@ def _write_errors(out: Path, summary: EmbedSummary) -> None:
     writer.writerows([r.slide, r.mag, r.error] for r in summary.results if r.status == "failed")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "errors.csv", buf.getvalue())
-
-
-class _Progress:
-    """A rich progress bar (slides, patches/s) or nothing."""
-
-    def __init__(self, enabled: bool, n_slides: int) -> None:
-        self.enabled, self.n_slides = enabled, n_slides
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self.progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[speed]}"),
-                TimeRemainingColumn(),
-            )
-            self.progress.start()
-            self.slides = self.progress.add_task("slides", total=self.n_slides, speed="")
-            self.patches = None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.progress.stop()
-
-    def start_slide(self, label: str, n: int) -> None:
-        if self.enabled:
-            if self.patches is not None:
-                self.progress.remove_task(self.patches)
-            self.patches = self.progress.add_task(label, total=n, speed="")
-            self.t0, self.done = time.perf_counter(), 0
-
-    def advance(self, n: int) -> None:
-        if self.enabled:
-            self.done += n
-            rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
-            self.progress.update(self.patches, advance=n, speed=f"{rate:.0f} patches/s")
-
-    def slide_done(self) -> None:
-        if self.enabled:
-            self.progress.advance(self.slides)

@@ -20,6 +20,7 @@ from lrmil.infer.heatmap import render_heatmap
 from lrmil.infer.pipeline import predict_slide, tiling_for
 from lrmil.tiling.inputs import collect_slides
 from lrmil.utils.atomic import atomic_path, atomic_write_text
+from lrmil.utils.progress import SlideProgress
 from lrmil.wsi import MppOverride, override_for, slide_name
 
 
@@ -60,7 +61,7 @@ def infer_slides(slides: Sequence[str | Path], engine: Engine, out_dir: str | Pa
     processed: list[dict[str, float]] = []
     started = time.perf_counter()
 
-    with _Progress(progress, len(slides)) as bar:
+    with SlideProgress(progress, len(slides), "infer") as bar:
         for path in slides:
             name = slide_name(path)
             record_path = out / "attention" / f"{name}.h5"
@@ -107,41 +108,3 @@ def _message(exc: Exception) -> str:
 
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text if isinstance(exc, (LrmilError, OSError)) else f"{type(exc).__name__}: {text}"
-
-
-class _Progress:
-    """A rich progress bar over slides with the patches/s rate, or nothing."""
-
-    def __init__(self, enabled: bool, n_slides: int) -> None:
-        self.enabled, self.n_slides = enabled, n_slides
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(TextColumn("infer"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
-            self._task = self._bar.add_task("slides", total=self.n_slides, rate="")
-            self._bar.start()
-            self._patches, self._clock = 0, time.perf_counter()
-        return self
-
-    def patches(self, n: int) -> None:
-        if self.enabled:
-            self._patches += n
-            rate = self._patches / max(time.perf_counter() - self._clock, 1e-9)
-            self._bar.update(self._task, rate=f"{rate:.0f} patches/s")
-
-    def slide_done(self) -> None:
-        if self.enabled:
-            self._bar.advance(self._task)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._bar.stop()
