@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from lrmil.cli._common import OverwriteOption, known_errors
+from lrmil.cli._runs import ShardOption, print_summary
 from lrmil.cli.main import app
 
 
@@ -74,16 +75,19 @@ def embed(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Patches per batch.")] = 64,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes reading patches.")] = 0,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Annotated[
+        str, typer.Option(help="auto (cuda if present; cuda:LOCAL_RANK under torchrun), cpu, "
+                          "cuda or cuda:N.")
+    ] = "auto",
     dtype: Annotated[Dtype, typer.Option(help="Storage type of the features.")] = Dtype.float32,
     overwrite: OverwriteOption = False,
+    shard: ShardOption = None,
 ) -> None:
     """Encode the patches of tiled slides, read on the fly, into one features HDF5 per slide and
     magnification (TRIDENT-compatible; HR files with parent/child links). Complete outputs that
-    match their inputs are skipped; failing slides go to OUT/errors.csv."""
+    match their inputs are skipped; failing slides go to OUT/errors.csv. Processes, torchrun
+    ranks and hosts can share one --out (OUT/.claims)."""
     with known_errors():
-        from rich.console import Console
-
         from lrmil.embed import embed_slides
 
         summary = embed_slides(
@@ -100,17 +104,9 @@ def embed(
             layers=layers or (),
             dtype=dtype.value,
             overwrite=overwrite,
+            shard=shard,
             progress=True,
         )
-        console = Console(stderr=True, soft_wrap=True)
-        for r in summary.results:
-            if r.status == "failed":
-                console.print(f"[red]failed[/] {r.slide} ({r.mag}): {r.error}", highlight=False)
-        console.print(
-            f"embedded {summary.count('ok')}, skipped {summary.count('skipped')}, "
-            f"failed {summary.count('failed')} (slide x magnification) in {summary.seconds:.1f} s; "
-            f"{summary.patches} patches at {summary.patches_per_second:.0f} patches/s -> {out}",
-            highlight=False,
-        )
-        if summary.count("failed"):
-            raise typer.Exit(1)
+        print_summary(summary, f"lrmil embed ({encoder}, {mag.value}) -> {out}")
+    if summary.failed and summary.reports:
+        raise typer.Exit(1)

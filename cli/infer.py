@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from lrmil.cli._common import MppCsvOption, MppOption, OverwriteOption, known_errors
+from lrmil.cli._runs import RecursiveOption, ShardOption, print_summary
 from lrmil.cli.main import app
 
 
@@ -35,8 +36,9 @@ def infer(
     ] = None,
     fold: Annotated[int | None, typer.Option(help="Fold whose student to use (torch).")] = None,
     device: Annotated[
-        str | None, typer.Option(help="torch engine device (default cuda if present, else cpu).")
-    ] = None,
+        str, typer.Option(help="torch engine device: auto (cuda if present; cuda:LOCAL_RANK under "
+                          "torchrun), cpu, cuda or cuda:N.")
+    ] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="LR patches encoded per call.")] = 64,
     workers: Annotated[
         int, typer.Option(min=0, help="DataLoader processes reading patches (0: in-process).")
@@ -48,29 +50,39 @@ def infer(
         int, typer.Option(min=16, help="Longer side of the heatmap's thumbnail, pixels.")
     ] = 1024,
     overwrite: OverwriteOption = False,
+    recursive: RecursiveOption = False,
+    shard: ShardOption = None,
 ) -> None:
     """Predict slides reading only LR patches: predictions.csv, heatmaps/<slide>.png,
-    attention/<slide>.h5, timings.csv, summary.json. Resumable; one bad slide is reported and
-    the others go on; exits 1 if any slide failed."""
+    attention/<slide>.h5, timings.csv, summary.json. Resumable; one bad slide is reported
+    (OUT/errors.csv) and the others go on; exits 1 if any slide failed. Processes, torchrun
+    ranks and hosts can share one --out (OUT/.claims)."""
     with known_errors():
         from lrmil.errors import ConfigError
         from lrmil.infer import infer_slides, load_engine
+        from lrmil.runner.distributed import Ranks, rank_device
         from lrmil.wsi import load_mpp_csv
 
         if mpp is not None and mpp_csv is not None:
             raise ConfigError("give either --mpp or --mpp-csv, not both")
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"{out}: --out must be a folder, and this is an existing file")
         override = load_mpp_csv(mpp_csv) if mpp_csv is not None else mpp
-        runner = load_engine(engine.value, model, export_dir, fold, device)
+        torch_device = rank_device(device, Ranks.from_env(shard).local_rank)
+        runner = load_engine(engine.value, model, export_dir, fold, torch_device)
         summary = infer_slides(
             slides, runner, out, mpp=override, batch_size=batch_size, workers=workers,
-            overwrite=overwrite, thumbnail_side=thumbnail_side, top_k=top_k, progress=True,
+            overwrite=overwrite, thumbnail_side=thumbnail_side, top_k=top_k,
+            recursive=recursive, shard=shard, progress=True,
         )
-        _print(summary, out)
-    if summary.failed:
+        if summary.reports:
+            _print_predictions(summary, out)
+        print_summary(summary, f"lrmil infer ({summary.engine}) -> {out}")
+    if summary.failed and summary.reports:
         raise typer.Exit(1)
 
 
-def _print(summary, out: Path) -> None:  # summary: lrmil.infer.InferSummary
+def _print_predictions(summary, out: Path) -> None:  # summary: lrmil.infer.InferSummary
     import csv
 
     from rich.console import Console
@@ -79,19 +91,12 @@ def _print(summary, out: Path) -> None:  # summary: lrmil.infer.InferSummary
     console = Console(stderr=True)
     with open(out / "predictions.csv", newline="") as f:
         rows = list(csv.reader(f))
-    table = Table(title=f"lrmil infer ({summary.engine}) -> {out}")
+    table = Table(title=f"predictions ({out / 'predictions.csv'})")
     for column in rows[0]:
         table.add_column(column)
     for row in rows[1:]:
         table.add_row(*row)
     console.print(table)
     timing = ", ".join(f"{k} {v:.2f}s" for k, v in summary.mean_timings.items())
-    console.print(
-        f"done {summary.done}, skipped {summary.skipped}, failed {summary.failed}; "
-        f"{summary.patches:,} patches in {summary.seconds:.1f}s"
-        + (f"; mean per slide: {timing}" if timing else "")
-    )
-    for slide, error in summary.errors:
-        console.print(f"[red]failed[/] {slide}: {error}", soft_wrap=True)
-    if summary.failed:
-        console.print(f"errors written to {out / 'errors.csv'}")
+    if timing:
+        console.print(f"mean per slide done here: {timing}")

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from lrmil.cli._common import MppCsvOption, MppOption, OverwriteOption, known_errors
+from lrmil.cli._runs import RecursiveOption, ShardOption, print_summary
 from lrmil.cli.main import app
-
-if TYPE_CHECKING:
-    from lrmil.tiling import TilingSummary
-
 
 # Options that are TilingConfig fields: a config file sets them, a flag given on the line wins.
 CONFIG_OPTIONS = ("lr_mag", "hr_mag", "patch_size", "tissue_threshold", "child_threshold")
@@ -42,6 +39,8 @@ def tile(
     mpp_csv: MppCsvOption = None,
     workers: Annotated[int, typer.Option(min=1, help="Slides tiled in parallel processes.")] = 1,
     overwrite: OverwriteOption = False,
+    recursive: RecursiveOption = False,
+    shard: ShardOption = None,
     config_file: Annotated[
         Path | None,
         typer.Option(
@@ -52,7 +51,8 @@ def tile(
     ] = None,
 ) -> None:
     """Tile slides: tissue mask, the LR grid, and r x r HR children per LR patch. Resumable;
-    one bad slide is reported and the others go on; exits 1 if any slide failed."""
+    one bad slide is reported (OUT/errors.csv) and the others go on; exits 1 if any slide
+    failed. Processes, torchrun ranks and hosts can share one --out (OUT/.claims)."""
     with known_errors():
         from lrmil.errors import ConfigError
         from lrmil.tiling import TilingConfig, tile_slides
@@ -69,34 +69,10 @@ def tile(
         config = TilingConfig.from_dict(values, source=str(config_file or "options"))
         override = load_mpp_csv(mpp_csv) if mpp_csv is not None else mpp
         summary = tile_slides(
-            slides, out, config, workers=workers, overwrite=overwrite, mpp=override, progress=True
+            slides, out, config, workers=workers, overwrite=overwrite, mpp=override,
+            recursive=recursive, shard=shard, progress=True,
         )
-        _print_summary(summary)
-    if summary.failed:
+        print_summary(summary, f"lrmil tile -> {out}")
+    if summary.failed and summary.reports:
         raise typer.Exit(1)
 
-
-def _print_summary(summary: TilingSummary) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(stderr=True)
-    table = Table(title=f"lrmil tile -> {summary.out_dir}")
-    for column in ("ok", "empty", "skipped", "failed", "patches", "seconds"):
-        table.add_column(column, justify="right")
-    table.add_row(
-        str(summary.ok),
-        str(len(summary.empty)),
-        str(summary.skipped),
-        str(summary.failed),
-        f"{summary.patches:,}",
-        f"{summary.seconds:.1f}",
-    )
-    console.print(table)
-    if summary.empty:
-        console.print(f"[yellow]no tissue found (empty grid):[/] {', '.join(summary.empty)}")
-    for result in summary.results:
-        if result.status == "failed":
-            console.print(f"[red]failed:[/] {result.error}", soft_wrap=True)  # names the file
-    if summary.failed:
-        console.print(f"errors written to {summary.out_dir / 'errors.csv'}")

@@ -3,21 +3,19 @@
 For each coords file `TILED/coords/<slide>.h5` and magnification, patches are read from the
 slide on the fly by a DataLoader (each worker with its own slide handle), encoded in batches
 under `torch.inference_mode` (autocast on a GPU where the encoder prefers it) and written
-atomically to `OUT/{lr,hr}/<slide>.h5`. Outputs that are complete and match their inputs (coords
+atomically to `OUT/{lr,hr}/<slide>.h5`, one slide at a time through the slide runner (claims,
+torchrun ranks, shards: lrmil.runner). Outputs that are complete and match their inputs (coords
 file, slide, encoder weights, settings) are skipped; a failing slide is recorded in
 `OUT/errors.csv` and the others go on.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
-import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +28,27 @@ from lrmil.data.patches import PatchDataset
 from lrmil.encoders import Encoder, build
 from lrmil.errors import ConfigError, FileFormatError
 from lrmil.info import versions
+from lrmil.runner import (
+    Done,
+    Existing,
+    FileIdentity,
+    RunSummary,
+    SlideItem,
+    check_out_dir,
+    run_slides,
+    slide_items,
+)
+from lrmil.runner.distributed import Ranks, rank_device
 from lrmil.tiling import TiledSlide, read_coords
-from lrmil.utils.atomic import atomic_write_text
+from lrmil.utils.processes import dataloader_worker_init
 from lrmil.utils.progress import SlideProgress
 
 MAGS = {"lr": ("lr",), "hr": ("hr",), "both": ("lr", "hr")}
-# Attrs that must match for an existing features file to be reused.
+# Attrs that must match for an existing features file to be reused (besides the identity of
+# its coords file, checked by lrmil.runner.FileIdentity).
 MATCH_KEYS = (
     "encoder",
     "encoder_digest",
-    "coords_path",
-    "coords_mtime",
     "slide_size",
     "slide_mtime",
     "patch_size",
@@ -48,35 +56,6 @@ MATCH_KEYS = (
     "layers",
     "n_patches",
 )
-
-
-@dataclass
-class SlideResult:
-    slide: str
-    mag: str
-    status: str  # "ok", "skipped" or "failed"
-    patches: int = 0
-    seconds: float = 0.0
-    error: str = ""
-
-
-@dataclass
-class EmbedSummary:
-    out_dir: Path
-    results: list[SlideResult] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def count(self, status: str) -> int:
-        return sum(r.status == status for r in self.results)
-
-    @property
-    def patches(self) -> int:
-        return sum(r.patches for r in self.results if r.status == "ok")
-
-    @property
-    def patches_per_second(self) -> float:
-        busy = sum(r.seconds for r in self.results if r.status == "ok")
-        return self.patches / busy if busy else 0.0
 
 
 def encoder_digest(encoder: Encoder) -> str:
@@ -93,12 +72,12 @@ def check_slide_unchanged(ts: TiledSlide, coords_path: Path) -> Path:
     slide = Path(ts.slide_path)
     if not slide.is_file():
         raise FileFormatError(f"coords file {coords_path}: slide {slide} does not exist")
-    stat = slide.stat()
-    if stat.st_size != ts.slide_size or abs(stat.st_mtime - ts.slide_mtime) > 1e-3:
+    now = FileIdentity.of(slide)
+    if not now.matches(FileIdentity(now.path, ts.slide_size, ts.slide_mtime)):
         raise FileFormatError(
             f"coords file {coords_path} was made from another version of {slide} "
             f"(size {ts.slide_size}, mtime {ts.slide_mtime:.0f}; "
-            f"now {stat.st_size}, {stat.st_mtime:.0f}): tile it again"
+            f"now {now.size}, {now.mtime:.0f}): tile it again"
         )
     return slide
 
@@ -130,6 +109,7 @@ def encode_dataset(
         batch_size=batch_size,
         num_workers=workers,
         pin_memory=device.type == "cuda",
+        worker_init_fn=dataloader_worker_init() if workers else None,
     )
     n = len(dataset)
     out = np.empty((n, encoder.dim), dtype=np.float32)
@@ -163,72 +143,69 @@ def embed_slides(
     model_kwargs: dict[str, Any] | None = None,
     batch_size: int = 64,
     workers: int = 0,
-    device: str = "cpu",
+    device: str = "auto",
     layers: Sequence[str] = (),
     dtype: str = "float32",
     overwrite: bool = False,
+    shard: str | None = None,
     progress: bool = False,
-) -> EmbedSummary:
+) -> RunSummary:
     """Encode every tiled slide of `tiled_dir` (its `coords/*.h5`) at `mag` ("lr", "hr" or
     "both") into `out_dir/{lr,hr}/<slide>.h5`. `encoder` is a registry name (built with
     `weights`, `seed`, `model_kwargs`) or a built Encoder. `layers` (or ["default"]: the
     encoder's default_layers) adds the per-layer pooled embeddings to HR files (`layers/<name>`,
-    the stage-1 teacher targets)."""
+    the stage-1 teacher targets). `device` "auto" is cuda where present (cuda:LOCAL_RANK under
+    torchrun), else cpu. One result per slide, its magnifications together."""
     if mag not in MAGS:
         raise ConfigError(f"--mag must be one of {', '.join(MAGS)}, got {mag!r}")
     if batch_size < 1 or workers < 0:
         raise ConfigError(
             f"batch size must be >= 1 and workers >= 0, got {batch_size} and {workers}"
         )
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: --out must be a folder, and this is an existing file")
     coords_dir = Path(tiled_dir) / "coords"
     coords_files = sorted(coords_dir.glob("*.h5"))
     if not coords_files:
         raise FileFormatError(f"{coords_dir} holds no coords files: run `lrmil tile` first")
+    ranks = Ranks.from_env(shard)  # a bad --shard is refused before the encoder is built
+    device = rank_device(device, ranks.local_rank)
     if isinstance(encoder, str):
         encoder = build(encoder, weights=weights, seed=seed, model_kwargs=model_kwargs)
     if list(layers) == ["default"]:
         layers = encoder.default_layers
     encoder.check_layers(layers)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device} requested but torch sees no CUDA device")
     encoder.to(device).eval()
-    run = _Run(
-        encoder,
-        Path(out_dir),
-        batch_size,
-        workers,
-        device,
-        tuple(layers),
-        dtype,
-        overwrite,
-        common_attrs={
-            "encoder": encoder.name,
-            "encoder_digest": encoder_digest(encoder),
-            "seed": seed,  # a built-in's initialisation (distill rebuilds the LR encoder from it)
-            "weights": "" if weights is None else str(Path(weights).resolve()),
-            "dim": encoder.dim,
-            "dtype": dtype,
-            "lrmil_versions": json.dumps(versions()),
-        },
-    )
-    summary = EmbedSummary(run.out)
-    start = time.perf_counter()
-    with SlideProgress(progress, len(coords_files) * len(MAGS[mag])) as bar:
-        for coords_path in coords_files:
-            for m in MAGS[mag]:
-                summary.results.append(run.slide(coords_path, m, bar))
-                bar.slide_done()
-    summary.seconds = time.perf_counter() - start
-    _write_errors(run.out, summary)
-    return summary
+    out = check_out_dir(out)
+    common = {
+        "encoder": encoder.name,
+        "encoder_digest": encoder_digest(encoder),
+        "seed": seed,  # a built-in's initialisation (distill rebuilds the LR encoder from it)
+        "weights": "" if weights is None else str(Path(weights).resolve()),
+        "dim": encoder.dim,
+        "dtype": dtype,
+        "lrmil_versions": json.dumps(versions()),
+    }
+    job = EmbedJob(encoder, out, MAGS[mag], batch_size, workers, device, tuple(layers), dtype,
+                   overwrite, common)
+    settings = {"tiled_dir": str(Path(tiled_dir).resolve()), "mag": mag,
+                "batch_size": batch_size, "workers": workers, "device": device,
+                "layers": list(layers), **{k: v for k, v in common.items()
+                                           if k != "lrmil_versions"}}
+    # Shares are balanced by coords file size: it grows with the patches, a slide's cost.
+    return run_slides("embed", slide_items(coords_files), job, out, overwrite=overwrite,
+                      progress=progress, settings=settings, shard=shard)
 
 
 @dataclass
-class _Run:
-    """The settings of one `embed_slides` call, applied slide by slide."""
+class EmbedJob:
+    """The settings of one `embed_slides` call, applied slide by slide (a slide is one coords
+    file, all its magnifications)."""
 
     encoder: Encoder
     out: Path
+    mags: tuple[str, ...]
     batch_size: int
     workers: int
     device: str
@@ -237,34 +214,26 @@ class _Run:
     overwrite: bool
     common_attrs: dict[str, Any]
 
-    def slide(self, coords_path: Path, mag: str, bar: SlideProgress) -> SlideResult:
-        name = coords_path.stem
-        start = time.perf_counter()
-        try:
-            ts = read_coords(coords_path)
-            slide = check_slide_unchanged(ts, coords_path)
+    def existing(self, item: SlideItem) -> Existing:
+        ts = read_coords(item.path)
+        check_slide_unchanged(ts, item.path)
+        for mag in self.mags:
+            target = self.out / mag / f"{item.name}.h5"
+            recorded = FileIdentity.recorded(read_attrs(target), "coords")
+            if recorded is not None:
+                current = all(self._current(ts, item, m) for m in self.mags)
+                return Existing(str(target), recorded.path, current)
+        return Existing()
+
+    def work(self, item: SlideItem, bar: SlideProgress) -> Done:
+        ts = read_coords(item.path)
+        slide = check_slide_unchanged(ts, item.path)
+        todo = [m for m in self.mags if self.overwrite or not self._current(ts, item, m)]
+        patches = 0
+        for mag in todo:
             coords, size0, parent, child = _patches(ts, mag)
-            layers = self.layers if mag == "hr" else ()
-            attrs = {
-                **self.common_attrs,
-                "magnification": ts.lr_mag if mag == "lr" else ts.hr_mag,
-                "mag": mag,
-                "patch_size": ts.patch_size,
-                "patch_size_level0": size0,
-                "r": ts.r,
-                "slide_path": str(slide),
-                "slide_size": ts.slide_size,
-                "slide_mtime": ts.slide_mtime,
-                "coords_path": str(coords_path.resolve()),
-                "coords_mtime": coords_path.stat().st_mtime,
-                "n_patches": len(coords),
-                "layers": json.dumps(list(layers)),
-            }
-            target = self.out / mag / f"{name}.h5"
-            if not self.overwrite and _matches(target, attrs):
-                return SlideResult(name, mag, "skipped", len(coords))
             dataset = PatchDataset(slide, coords, size0, ts.patch_size, mpp=ts.level0_mpp)
-            bar.start_slide(f"{name} {mag}", len(coords))
+            bar.start_slide(f"{item.name} {mag}", len(coords))
             try:
                 feats, pooled = encode_dataset(
                     dataset,
@@ -272,30 +241,38 @@ class _Run:
                     batch_size=self.batch_size,
                     workers=self.workers,
                     device=self.device,
-                    layers=layers,
+                    layers=self.layers if mag == "hr" else (),
                     on_batch=bar.patches,
                 )
             finally:
                 dataset.close()
+            attrs = self._attrs(ts, item, mag)
             feats_file = Features(feats, coords, parent, child, pooled, attrs)
-            write_features(target, feats_file, dtype=self.dtype)
-            return SlideResult(name, mag, "ok", len(coords), time.perf_counter() - start)
-        except Exception as exc:  # one bad slide must not stop the others; it is reported
-            error = f"{type(exc).__name__}: {exc}"
-            return SlideResult(
-                name, mag, "failed", seconds=time.perf_counter() - start, error=error
-            )
+            write_features(self.out / mag / f"{item.name}.h5", feats_file, dtype=self.dtype)
+            patches += len(coords)
+        kept = [m for m in self.mags if m not in todo]
+        return Done(patches, f"{', '.join(kept).upper()} features were current" if kept else "")
 
+    def _current(self, ts: TiledSlide, item: SlideItem, mag: str) -> bool:
+        existing = read_attrs(self.out / mag / f"{item.name}.h5")
+        expected = self._attrs(ts, item, mag)
+        coords = FileIdentity.of(item.path)
+        return (bool(existing) and coords.matches(FileIdentity.recorded(existing, "coords"))
+                and all(existing.get(k) == expected[k] for k in MATCH_KEYS))
 
-def _matches(target: Path, attrs: dict[str, Any]) -> bool:
-    existing = read_attrs(target)
-    return bool(existing) and all(existing.get(k) == attrs[k] for k in MATCH_KEYS)
-
-
-def _write_errors(out: Path, summary: EmbedSummary) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["slide", "mag", "error"])
-    writer.writerows([r.slide, r.mag, r.error] for r in summary.results if r.status == "failed")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "errors.csv", buf.getvalue())
+    def _attrs(self, ts: TiledSlide, item: SlideItem, mag: str) -> dict[str, Any]:
+        coords, size0, _, _ = _patches(ts, mag)
+        return {
+            **self.common_attrs,
+            "magnification": ts.lr_mag if mag == "lr" else ts.hr_mag,
+            "mag": mag,
+            "patch_size": ts.patch_size,
+            "patch_size_level0": size0,
+            "r": ts.r,
+            "slide_path": ts.slide_path,
+            "slide_size": ts.slide_size,
+            "slide_mtime": ts.slide_mtime,
+            **FileIdentity.of(item.path).attrs("coords"),
+            "n_patches": len(coords),
+            "layers": json.dumps(list(self.layers if mag == "hr" else ())),
+        }

@@ -1,7 +1,8 @@
 """The per-slide record `attention/<slide>.h5` and the tables built from those records.
 
 The h5 is written last for a slide (after its heatmap), atomically, so its presence marks the
-slide complete; it records the inputs it came from so a re-run can tell whether it is current.
+slide complete; it records the inputs it came from (slide identity, model) so a re-run can tell
+whether it is current (lrmil.infer.run.InferJob.existing).
 """
 
 from __future__ import annotations
@@ -32,13 +33,6 @@ class SlideRecord:
     timings: dict[str, float]
 
 
-def slide_identity(path: Path) -> dict[str, object]:
-    """What ties an output to its input file: resolved path, size, mtime."""
-    stat = path.stat()
-    return {"slide_path": str(path.resolve()), "slide_size": stat.st_size,
-            "slide_mtime": stat.st_mtime}
-
-
 def write_attention(path: Path, pred: SlidePrediction, class_names: list[str],
                     identity: dict[str, object], model_id: str, engine: str,
                     versions: dict[str, str]) -> None:
@@ -52,20 +46,6 @@ def write_attention(path: Path, pred: SlidePrediction, class_names: list[str],
             "model": model_id, "engine": engine, "timings": json.dumps(pred.timings),
             "versions": json.dumps(versions), **identity,
         })
-
-
-def is_current(path: Path, identity: dict[str, object], model_id: str) -> bool:
-    """A complete record of the same slide file made by the same model."""
-    if not path.is_file():
-        return False
-    try:
-        with h5py.File(path, "r") as f:
-            attrs = dict(f.attrs)
-    except OSError:
-        return False  # unreadable: redo it
-    return attrs.get("model") == model_id and all(
-        attrs.get(k) == v for k, v in identity.items()
-    )
 
 
 def read_record(path: Path) -> SlideRecord:
@@ -96,14 +76,6 @@ def write_timings(path: Path, records: list[SlideRecord]) -> None:
         rows.append([r.slide, r.n_patches, *[f"{r.timings.get(k, 0.0):.3f}" for k in TIMING_KEYS],
                      f"{rate:.1f}"])
     atomic_write_text(path, _csv(rows))
-
-
-def write_errors(path: Path, errors: list[tuple[str, str]]) -> None:
-    """errors.csv (slide,error) when there are errors; a stale one is removed otherwise."""
-    if errors:
-        atomic_write_text(path, _csv([["slide", "error"], *errors]))
-    else:
-        path.unlink(missing_ok=True)
 
 
 def _csv(rows: list[list[object]]) -> str:

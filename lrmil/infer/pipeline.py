@@ -21,6 +21,7 @@ from lrmil.errors import SlideError
 from lrmil.infer.engines.base import Engine
 from lrmil.tiling.config import TilingConfig
 from lrmil.tiling.tiler import tile_slide
+from lrmil.utils.processes import dataloader_worker_init
 from lrmil.wsi import open_slide
 
 
@@ -50,7 +51,7 @@ def predict_slide(path: str | Path, engine: Engine, tiling: TilingConfig, *,
     path = Path(path)
     clock = time.perf_counter()
     with open_slide(path, mpp) as slide:
-        tiles = tile_slide(slide, tiling)
+        tiles = tile_slide(slide, tiling, lr_only=True)
         name = slide.name
         if len(tiles.coords) == 0:
             raise SlideError(f"{path}: no tissue found (no LR patch reaches the tissue threshold)")
@@ -67,7 +68,8 @@ def predict_slide(path: str | Path, engine: Engine, tiling: TilingConfig, *,
     workers = min(workers, n_batches - 1)  # one batch: nothing to overlap, skip the spawn
     loader = DataLoader(patches, batch_size=batch_size, num_workers=workers,
                         pin_memory=engine.device.type == "cuda",
-                        prefetch_factor=4 if workers else None)
+                        prefetch_factor=4 if workers else None,
+                        worker_init_fn=dataloader_worker_init() if workers else None)
     embeddings = []
     try:
         waited = time.perf_counter()

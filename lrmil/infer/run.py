@@ -1,8 +1,10 @@
-"""`lrmil infer`: LR-only inference over many slides, with resume and per-slide error isolation.
+"""`lrmil infer`: LR-only inference over many slides through the slide runner (resume, claims,
+torchrun ranks, shards, one bad slide never stopping the others).
 
-OUT/attention/<slide>.h5 and OUT/heatmaps/<slide>.png per slide; OUT/predictions.csv,
-OUT/timings.csv, OUT/summary.json (and OUT/errors.csv when a slide failed) for the slides of
-this call, rebuilt from the per-slide records so skipped slides are listed too.
+Per slide (`InferJob.work`): OUT/heatmaps/<slide>.png, then OUT/attention/<slide>.h5 (written
+last: its presence marks the slide complete). Per call: OUT/predictions.csv, OUT/timings.csv
+and OUT/summary.json over every slide of the call whose record is current (slides done by other
+processes or shards included), so the process that finishes last leaves the complete tables.
 """
 
 from __future__ import annotations
@@ -13,11 +15,25 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import h5py
+
 from lrmil.errors import ConfigError
 from lrmil.infer import outputs
 from lrmil.infer.engines.base import Engine
 from lrmil.infer.heatmap import render_heatmap
 from lrmil.infer.pipeline import predict_slide, tiling_for
+from lrmil.runner import (
+    Done,
+    Existing,
+    FileIdentity,
+    RunSummary,
+    SlideItem,
+    check_out_dir,
+    run_slides,
+    slide_items,
+)
+from lrmil.runner.distributed import Ranks
+from lrmil.tiling.config import TilingConfig
 from lrmil.tiling.inputs import collect_slides
 from lrmil.utils.atomic import atomic_path, atomic_write_text
 from lrmil.utils.progress import SlideProgress
@@ -25,86 +41,121 @@ from lrmil.wsi import MppOverride, override_for, slide_name
 
 
 @dataclass
-class InferSummary:
-    out_dir: str
-    engine: str
-    done: int = 0
-    skipped: int = 0
-    failed: int = 0
-    patches: int = 0
-    seconds: float = 0.0  # wall time of this call
-    mean_timings: dict[str, float] = field(default_factory=dict)  # per processed slide
-    errors: list[tuple[str, str]] = field(default_factory=list)
+class InferSummary(RunSummary):
+    engine: str = ""
+    listed: int = 0  # slides in predictions.csv (done by any process)
+    mean_timings: dict[str, float] = field(default_factory=dict)  # per slide done here
+
+
+@dataclass
+class InferJob:
+    """One slide: predict, then the heatmap, then the attention record (the completion mark)."""
+
+    engine: Engine
+    out: Path
+    tiling: TilingConfig
+    mpp: MppOverride
+    batch_size: int
+    workers: int
+    thumbnail_side: int
+    top_k: int
+    timings: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def model_id(self) -> str:
+        return self.engine.meta.source_sha256 or ""
+
+    def record_path(self, name: str) -> Path:
+        return self.out / "attention" / f"{name}.h5"
+
+    def existing(self, item: SlideItem) -> Existing:
+        path = self.record_path(item.name)
+        try:
+            with h5py.File(path, "r") as f:
+                attrs = dict(f.attrs)
+        except OSError:  # none, or unreadable: redone
+            return Existing()
+        recorded = FileIdentity.recorded(attrs)
+        if recorded is None:
+            return Existing()
+        try:
+            same_slide = FileIdentity.of(item.path).matches(recorded)
+        except FileNotFoundError:
+            same_slide = False
+        current = same_slide and attrs.get("model") == self.model_id
+        return Existing(str(path), recorded.path, current)
+
+    def work(self, item: SlideItem, bar: SlideProgress) -> Done:
+        if not item.path.is_file():
+            raise FileNotFoundError(f"{item.path}: slide file not found")
+        identity = FileIdentity.of(item.path)
+        pred = predict_slide(item.path, self.engine, self.tiling,
+                             mpp=override_for(item.path, self.mpp), batch_size=self.batch_size,
+                             workers=self.workers, thumbnail_side=self.thumbnail_side,
+                             on_patches=bar.patches)
+        clock = time.perf_counter()
+        image = render_heatmap(pred.thumbnail, pred.coords, pred.patch_size0,
+                               pred.thumbnail_scale, pred.attention, self.top_k)
+        with atomic_path(self.out / "heatmaps" / f"{item.name}.png") as tmp:
+            image.save(tmp, format="PNG", compress_level=3)  # faster than the default 6
+        pred.timings["heatmap"] = time.perf_counter() - clock
+        from lrmil.info import versions
+
+        outputs.write_attention(self.record_path(item.name), pred, self.engine.meta.class_names,
+                                identity.attrs(), self.model_id, self.engine.name, versions())
+        self.timings.append(pred.timings)
+        return Done(len(pred.coords))
 
 
 def infer_slides(slides: Sequence[str | Path], engine: Engine, out_dir: str | Path, *,
                  mpp: MppOverride = None, batch_size: int = 64, workers: int = 2,
                  overwrite: bool = False, thumbnail_side: int = 1024, top_k: int = 5,
+                 recursive: bool = False, shard: str | None = None,
                  progress: bool = False) -> InferSummary:
     """Predict every slide with `engine` (slides: files, folders, glob patterns or CSVs with a
-    `slide` column); see the module docstring for the outputs."""
-    from lrmil.info import versions
-
-    slides = collect_slides(slides)  # folders, globs, CSVs; refuses two slides of one name
+    `slide` column; `recursive`: folders' subfolders too); see the module docstring for the
+    outputs and `lrmil.runner.run_slides` for claims, ranks and the run records."""
     if batch_size < 1 or workers < 0:
         raise ConfigError(
             f"--batch-size must be >= 1 and --workers >= 0, got {batch_size}, {workers}"
         )
-    out = Path(out_dir)
-    (out / "attention").mkdir(parents=True, exist_ok=True)
+    listing = collect_slides(slides, recursive=recursive)  # refuses two slides of one name
+    Ranks.from_env(shard)  # a bad --shard is refused before anything is written
+    out = check_out_dir(out_dir)
+    (out / "attention").mkdir(exist_ok=True)
     (out / "heatmaps").mkdir(exist_ok=True)
     meta = engine.meta
-    tiling = tiling_for(meta.extra, meta.patch_size, meta.magnification)
-    model_id = meta.source_sha256 or ""
-    summary = InferSummary(str(out), engine.name)
-    records: list[outputs.SlideRecord] = []
-    processed: list[dict[str, float]] = []
-    started = time.perf_counter()
-
-    with SlideProgress(progress, len(slides), "infer") as bar:
-        for path in slides:
-            name = slide_name(path)
-            record_path = out / "attention" / f"{name}.h5"
-            try:
-                identity = outputs.slide_identity(path) if path.is_file() else None
-                if identity is None:
-                    raise FileNotFoundError(f"{path}: slide file not found")
-                if not overwrite and outputs.is_current(record_path, identity, model_id):
-                    summary.skipped += 1
-                else:
-                    pred = predict_slide(path, engine, tiling, mpp=override_for(path, mpp),
-                                         batch_size=batch_size, workers=workers,
-                                         thumbnail_side=thumbnail_side, on_patches=bar.patches)
-                    clock = time.perf_counter()
-                    image = render_heatmap(pred.thumbnail, pred.coords, pred.patch_size0,
-                                           pred.thumbnail_scale, pred.attention, top_k)
-                    with atomic_path(out / "heatmaps" / f"{name}.png") as tmp:
-                        image.save(tmp, format="PNG", compress_level=3)  # faster than the default 6
-                    pred.timings["heatmap"] = time.perf_counter() - clock
-                    outputs.write_attention(record_path, pred, meta.class_names, identity,
-                                            model_id, engine.name, versions())
-                    summary.done += 1
-                    processed.append(pred.timings)
-                records.append(outputs.read_record(record_path))
-                summary.patches += records[-1].n_patches
-            except Exception as exc:  # one bad slide must not stop the others
-                summary.failed += 1
-                summary.errors.append((name, _message(exc)))
-            bar.slide_done()
-
-    outputs.write_predictions(out / "predictions.csv", records, meta.class_names)
-    outputs.write_timings(out / "timings.csv", records)
-    outputs.write_errors(out / "errors.csv", summary.errors)
-    summary.seconds = time.perf_counter() - started
-    if processed:
-        summary.mean_timings = {k: sum(t.get(k, 0.0) for t in processed) / len(processed)
+    job = InferJob(engine, out, tiling_for(meta.extra, meta.patch_size, meta.magnification),
+                   mpp, batch_size, workers, thumbnail_side, top_k)
+    items = slide_items(listing.paths, slide_name)
+    settings = {"engine": engine.name, "model": job.model_id, "tiling": job.tiling.to_dict(),
+                "batch_size": batch_size, "workers": workers, "thumbnail_side": thumbnail_side,
+                "top_k": top_k, "overwrite": overwrite,
+                "mpp": mpp if not isinstance(mpp, dict) else dict(mpp)}
+    run = run_slides("infer", items, job, out, overwrite=overwrite, progress=progress,
+                     settings=settings, shard=shard, notes=listing.notes)
+    summary = InferSummary(**vars(run), engine=engine.name)
+    if job.timings:
+        summary.mean_timings = {k: sum(t.get(k, 0.0) for t in job.timings) / len(job.timings)
                                 for k in outputs.TIMING_KEYS}
-    atomic_write_text(out / "summary.json", json.dumps(asdict(summary), indent=2))
+    if summary.reports:
+        summary.listed = _write_tables(out, job, items, summary)
     return summary
 
 
-def _message(exc: Exception) -> str:
-    from lrmil.errors import LrmilError
-
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text if isinstance(exc, (LrmilError, OSError)) else f"{type(exc).__name__}: {text}"
+def _write_tables(out: Path, job: InferJob, items: list[SlideItem],
+                  summary: InferSummary) -> int:
+    """predictions.csv, timings.csv and summary.json over the slides of the call whose
+    record is current, whoever made it."""
+    records = [outputs.read_record(job.record_path(item.name)) for item in items
+               if job.existing(item).current]
+    outputs.write_predictions(out / "predictions.csv", records, job.engine.meta.class_names)
+    outputs.write_timings(out / "timings.csv", records)
+    missing = len(items) - len(records)
+    if missing:
+        summary.notes.append(f"predictions.csv lists {len(records)} of {len(items)} slides; "
+                             f"{missing} failed or are still being done elsewhere")
+    table = {k: v for k, v in asdict(summary).items() if k != "results"}  # runs/*.json has them
+    table.update(listed=len(records), counts=summary.counts())
+    atomic_write_text(out / "summary.json", json.dumps(table, indent=2, default=str) + "\n")
+    return len(records)

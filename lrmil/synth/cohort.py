@@ -7,15 +7,16 @@ import io
 import json
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lrmil.errors import ConfigError
+from lrmil.runner import worker_pool
 from lrmil.synth.scene import SynthConfig
 from lrmil.synth.slide import write_slide
+from lrmil.utils.atomic import atomic_write_text, remove_stale_temps
 
 GENERATOR_VERSION = "3"  # bump when the same seed starts producing different pixels
 TWO_SLIDE_PATIENTS = 0.25  # fraction of patients with two slides (patient-level splits matter)
@@ -103,10 +104,11 @@ def make_cohort(
         raise ConfigError(f"cannot create output folder {slides}: {exc.strerror}") from None
     if not os.access(slides, os.W_OK):
         raise ConfigError(f"output folder {slides} is not writable")
+    remove_stale_temps(out)  # half-written slides of a killed run
     threads = max(1, workers // max(1, len(specs)))  # the file bytes do not depend on it
     jobs = [(slides / f"{s.name}.svs", s, width, height, mpp, config, threads) for s in specs]
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+        with worker_pool(min(workers, len(jobs))) as pool:  # its workers die with us
             for name in pool.map(_write_one, jobs):
                 if progress:
                     progress(name)
@@ -115,7 +117,7 @@ def make_cohort(
             name = _write_one(job)
             if progress:
                 progress(name)
-    _write_atomic(out / "labels.csv", _labels_csv(specs))
+    atomic_write_text(out / "labels.csv", _labels_csv(specs))
     record = {
         "generator": "lrmil.synth",
         "generator_version": GENERATOR_VERSION,
@@ -128,7 +130,7 @@ def make_cohort(
         "config": asdict(config),
         "slides": [asdict(s) for s in specs],
     }
-    _write_atomic(out / "cohort.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(out / "cohort.json", json.dumps(record, indent=2) + "\n")
     return specs
 
 
@@ -139,8 +141,3 @@ def _labels_csv(specs: list[SlideSpec]) -> str:
     writer.writerows([s.name, s.patient, s.label] for s in specs)
     return text.getvalue()
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)

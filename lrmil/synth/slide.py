@@ -9,6 +9,7 @@ from lrmil.errors import ConfigError
 from lrmil.synth.render import renderer
 from lrmil.synth.scene import Scene, SynthConfig, make_scene
 from lrmil.synth.tiff import TILE, write_pyramid
+from lrmil.utils.atomic import atomic_path
 
 LABELS = ("negative", "positive")
 MIN_SIDE = 256
@@ -43,8 +44,7 @@ def write_slide(
         raise ConfigError(f"JPEG quality must be in 1..100, got {quality}")
     path = Path(path)
     scene = make_scene(seed, width, height, label, config)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
+    with atomic_path(path) as partial:
         write_pyramid(
             partial,
             width,
@@ -55,7 +55,4 @@ def write_slide(
             quality=quality,
             threads=threads,
         )
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     return scene

@@ -2,16 +2,16 @@
 
 from lrmil.tiling.config import TilingConfig, TissueParams
 from lrmil.tiling.coords_io import TiledSlide, read_coords, write_coords
-from lrmil.tiling.inputs import collect_slides
-from lrmil.tiling.run import SlideResult, TilingSummary, output_paths, tile_slides
+from lrmil.tiling.inputs import SlideList, collect_slides
+from lrmil.tiling.run import NO_TISSUE, output_paths, tile_slides
 from lrmil.tiling.tiler import SlideTiles, tile_slide
 
 __all__ = [
-    "SlideResult",
+    "NO_TISSUE",
+    "SlideList",
     "SlideTiles",
     "TiledSlide",
     "TilingConfig",
-    "TilingSummary",
     "TissueParams",
     "collect_slides",
     "output_paths",

@@ -1,15 +1,24 @@
 """Turning the user's SLIDES arguments (files, folders, globs, CSVs with a `slide` column)
-into a list of slide paths."""
+into a list of slide paths, resolved (so one file given two ways is one slide)."""
 
 from __future__ import annotations
 
 import csv
 import glob
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lrmil.errors import ConfigError
+from lrmil.runner.identity import resolve
 from lrmil.wsi import SLIDE_EXTENSIONS, slide_name
+
+
+@dataclass
+class SlideList:
+    paths: list[Path]  # resolved, in the order given, without duplicates
+    notes: list[str] = field(default_factory=list)  # e.g. slide files below a folder not taken
 
 
 def _from_csv(path: Path) -> list[Path]:
@@ -38,23 +47,52 @@ def _resolve(entry: str, folder: Path) -> Path:
     return path  # reported as a missing slide, the others go on
 
 
-def collect_slides(inputs: Sequence[str | Path]) -> list[Path]:
-    """Expand inputs in order, without duplicates. Plain paths are kept even if missing: a
-    missing slide fails on its own and the others go on."""
+def _is_slide(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in SLIDE_EXTENSIONS and not name.startswith(".")
+
+
+def _below(folder: Path) -> list[Path]:
+    """Slide files in the subfolders of `folder` (any depth; hidden folders skipped)."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if Path(root) != folder:
+            found += [Path(root) / f for f in sorted(files) if _is_slide(f)]
+    return found
+
+
+def _from_folder(folder: Path, recursive: bool, notes: list[str]) -> list[Path]:
+    top = sorted(p for p in folder.iterdir() if p.is_file() and _is_slide(p.name))
+    below = _below(folder)
+    if recursive:
+        top = sorted(top + below)
+    elif below:
+        notes.append(f"{folder}: {len(below)} slide file(s) in subfolders were not taken "
+                      "(--recursive takes them)")
+    if not top:
+        hint = f"; {len(below)} below it in subfolders: add --recursive" if below else ""
+        raise ConfigError(
+            f"{folder}: the folder holds no slide files ({', '.join(SLIDE_EXTENSIONS)}){hint}"
+        )
+    return top
+
+
+def collect_slides(inputs: Sequence[str | os.PathLike[str]], *,
+                   recursive: bool = False) -> SlideList:
+    """Expand inputs in order, without duplicates (judged on resolved paths). Plain paths are
+    kept even if missing: a missing slide fails on its own and the others go on. Folders give
+    their slide files, and with `recursive` those of their subfolders too (the GDC layout)."""
     slides: list[Path] = []
+    notes: list[str] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in SLIDE_EXTENSIONS)
-            if not found:
-                raise ConfigError(
-                    f"{path}: the folder holds no slide files ({', '.join(SLIDE_EXTENSIONS)})"
-                )
-            slides += found
+            slides += _from_folder(path, recursive, notes)
         elif path.suffix.lower() == ".csv" and path.is_file():
             slides += _from_csv(path)
         elif glob.has_magic(str(item)):
-            found = sorted(Path(p) for p in glob.glob(str(item)) if Path(p).is_file())
+            found = sorted(Path(p) for p in glob.glob(str(item), recursive=recursive)
+                           if Path(p).is_file())
             if not found:
                 raise ConfigError(f"{item}: the pattern matches no files")
             slides += found
@@ -62,7 +100,7 @@ def collect_slides(inputs: Sequence[str | Path]) -> list[Path]:
             slides.append(path)
     if not slides:
         raise ConfigError("no slides given")
-    unique = list(dict.fromkeys(p.absolute() for p in slides))
+    unique = list(dict.fromkeys(resolve(p) for p in slides))
     by_name: dict[str, Path] = {}
     for path in unique:
         other = by_name.setdefault(slide_name(path), path)
@@ -71,4 +109,4 @@ def collect_slides(inputs: Sequence[str | Path]) -> list[Path]:
                 f"two slides share the name {slide_name(path)!r} ({other} and {path}); "
                 "outputs are named by slide, so rename one"
             )
-    return unique
+    return SlideList(unique, notes)

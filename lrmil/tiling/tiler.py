@@ -26,9 +26,14 @@ class SlideTiles:
     mask_scale: tuple[float, float]  # mask pixels per level-0 pixel (x, y)
 
 
-def tile_slide(slide: Slide, config: TilingConfig) -> SlideTiles:
-    """Mask + grid + children of one slide. An empty grid (no tissue) is a valid result."""
-    slide.check_magnification(config.hr_mag, "--hr-mag")
+def tile_slide(slide: Slide, config: TilingConfig, *, lr_only: bool = False) -> SlideTiles:
+    """Mask + grid + children of one slide. An empty grid (no tissue) is a valid result.
+    `lr_only` (inference, which reads no HR patch): only the LR magnification must be within
+    the scan's."""
+    if lr_only:
+        slide.check_magnification(config.lr_mag, "the model's LR magnification")
+    else:
+        slide.check_magnification(config.hr_mag, "--hr-mag")
     geo = grid.geometry(slide.magnification, config.lr_mag, config.hr_mag, config.patch_size)
     width, height = slide.dimensions
     if width < geo.lr_size0 or height < geo.lr_size0:

@@ -105,3 +105,50 @@ def test_export_then_infer_with_each_engine(tiny_run, synth_negative_slide_path,
     result = _invoke("infer", synth_negative_slide_path, "--model", tiny_run, "--out",
                      tmp_path / "stale")
     assert result.exit_code == 1 and "weights changed since this export" in result.output
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    ("gpu", "error: --device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ("cuda:x", "error: --device must be auto, cpu, cuda or cuda:N, got 'cuda:x'"),
+])
+def test_a_bad_device_is_one_line(run, tmp_path, device, message):
+    result = _invoke("infer", tmp_path / "a.svs", "--model", run, "--out", tmp_path / "out",
+                     "--engine", "torch", "--device", device)
+    assert result.exit_code == 1 and result.output.strip() == message
+
+
+def test_cuda_without_cuda_is_one_line(run, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = _invoke("infer", tmp_path / "a.svs", "--model", run, "--out", tmp_path / "out",
+                     "--engine", "torch", "--device", "cuda")
+    assert result.exit_code == 1
+    assert result.output.strip() == ("error: --device cuda: torch sees no CUDA device here "
+                                     "(use --device cpu, or auto)")
+
+
+def test_out_that_is_a_file_is_one_line(run, tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    result = _invoke("infer", tmp_path / "a.svs", "--model", run, "--out", tmp_path / "taken")
+    assert result.exit_code == 1
+    assert result.output.strip() == (f"error: {tmp_path / 'taken'}: --out must be a folder, and "
+                                     "this is an existing file")
+
+
+def test_a_10x_scan_is_inferred_at_5x(tiny_run, tmp_path, synth_negative_slide_path):
+    """Inference reads only LR (5x) patches: a 10x scan works, no --hr-mag complaint."""
+    import shutil
+
+    scan = tmp_path / "tenx.svs"
+    shutil.copy(synth_negative_slide_path, scan)
+    assert _invoke("export", tiny_run).exit_code == 0
+    result = _invoke("infer", scan, "--model", tiny_run, "--out", tmp_path / "out", "--mpp", "1.0",
+                     "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert "--hr-mag" not in result.output
+    result = _invoke("infer", scan, "--model", tiny_run, "--out", tmp_path / "out4",
+                     "--mpp", "4.0", "--workers", "0")  # 2.5x: below the model's 5x
+    assert result.exit_code == 1
+    assert "the model's LR magnification 5x is higher than the scan's 2.5x" in result.output

@@ -132,8 +132,9 @@ def test_sigint_midway_then_resume_equals_a_clean_run(tmp_path, synth_slide_path
     assert proc.returncode == 130, stderr.decode()
     done = list((out / "coords").glob("*.h5"))
     assert 0 < len(done) < 10
-    leftovers = [p.name for p in out.rglob(".*")]
+    leftovers = [p.name for p in out.rglob("*.tmp-*")]
     assert not leftovers, leftovers  # no temporary files left behind
+    assert not list((out / ".claims").iterdir())  # the claims of unfinished slides given back
 
     rerun = subprocess.run(_lrmil("tile", src, "--out", out), capture_output=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr.decode()
@@ -163,3 +164,62 @@ def test_tile_a_synthetic_cohort_from_its_labels_csv(tmp_path, synth_cohort):
     assert result.exit_code == 0, result.output
     names = [line.split(",")[0] for line in (synth_cohort / "labels.csv").read_text().split()[1:]]
     assert sorted(p.stem for p in (tmp_path / "out" / "coords").iterdir()) == sorted(names)
+
+
+def test_another_slide_under_the_same_name_is_refused(tmp_path, synth_slide_path):
+    """`tile a/s.svs` then `tile b/s.svs` into one --out: the second names both paths and
+    leaves the first's outputs; --overwrite replaces them."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(synth_slide_path, tmp_path / folder / "s.svs")
+    out = tmp_path / "out"
+    assert _invoke(tmp_path / "a" / "s.svs", "--out", out).exit_code == 0
+    result = _invoke(tmp_path / "b" / "s.svs", "--out", out)
+    assert result.exit_code == 1
+    assert (f"{out / 'coords' / 's.h5'} was made from {tmp_path / 'a' / 's.svs'}, not "
+            f"{tmp_path / 'b' / 's.svs'}") in result.output.replace("\n", "")
+    assert read_coords(out / "coords" / "s.h5").slide_path == str(tmp_path / "a" / "s.svs")
+    assert _invoke(tmp_path / "b" / "s.svs", "--out", out, "--overwrite").exit_code == 0
+    assert read_coords(out / "coords" / "s.h5").slide_path == str(tmp_path / "b" / "s.svs")
+
+
+def test_one_file_spelled_two_ways_is_one_slide(tmp_path, synth_slide_path):
+    (tmp_path / "a").mkdir()
+    shutil.copy(synth_slide_path, tmp_path / "a" / "s.svs")
+    spelled = tmp_path / "a" / ".." / "a" / "s.svs"
+    result = _invoke(tmp_path / "a" / "s.svs", spelled, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    (record,) = (tmp_path / "out" / "runs").glob("*.json")
+    import json
+
+    slides = json.loads(record.read_text())["slides"]
+    assert [(s["slide"], s["path"], s["status"]) for s in slides] == [
+        ("s", str(tmp_path / "a" / "s.svs"), "ok")]
+
+
+def test_slides_in_subfolders_need_recursive(tmp_path, synth_slide_path):
+    """The GDC layout: one folder per slide. Without --recursive, say what was left out."""
+    src = tmp_path / "gdc"
+    for i in range(2):
+        (src / f"uuid{i}").mkdir(parents=True)
+        shutil.copy(synth_slide_path, src / f"uuid{i}" / f"s{i}.svs")
+    result = _invoke(src, "--out", tmp_path / "out", "--patch-size", 128)
+    assert result.exit_code == 1
+    assert "the folder holds no slide files" in result.output
+    assert "2 below it in subfolders: add --recursive" in result.output.replace("\n", " ")
+    shutil.copy(synth_slide_path, src / "top.svs")
+    result = _invoke(src, "--out", tmp_path / "out", "--patch-size", 128)
+    assert result.exit_code == 0, result.output
+    assert "2 slide file(s) in subfolders were not taken" in result.output.replace("\n", " ")
+    assert [p.stem for p in (tmp_path / "out" / "coords").iterdir()] == ["top"]
+    result = _invoke(src, "--out", tmp_path / "out", "--patch-size", 128, "--recursive")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.stem for p in (tmp_path / "out" / "coords").iterdir()) == ["s0", "s1", "top"]
+
+
+def test_bad_shard_is_one_line(tmp_path, synth_slide_path):
+    result = _invoke(synth_slide_path, "--out", tmp_path / "out", "--shard", "2/2")
+    assert result.exit_code == 1
+    assert result.output.strip() == ("error: --shard must be I/N with 0 <= I < N (e.g. 0/4), "
+                                     "got '2/2'")
+    assert not (tmp_path / "out").exists()  # refused before anything was written

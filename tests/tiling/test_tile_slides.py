@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from lrmil.errors import ConfigError
-from lrmil.tiling import TilingConfig, read_coords, tile_slide, tile_slides
+from lrmil.tiling import NO_TISSUE, TilingConfig, read_coords, tile_slide, tile_slides
 from lrmil.tiling.thumbnail import CONTOUR, GRID
 from lrmil.tiling.tissue import saturation
 from lrmil.wsi import open_slide
@@ -134,10 +135,10 @@ def test_bad_slides_are_reported_and_the_others_go_on(tmp_path, synth_slide_path
     slides = [src, src / "missing.svs"]
     summary = tile_slides(slides, out, mpp=mpp)
 
-    status = {r.name: r.status for r in summary.results}
+    status = {r.slide: r.status for r in summary.results}
     assert status == {
         "good": "ok",
-        "blank": "empty",
+        "blank": "ok",
         "missing": "failed",
         "text": "failed",
         "truncated": "failed",
@@ -145,22 +146,25 @@ def test_bad_slides_are_reported_and_the_others_go_on(tmp_path, synth_slide_path
         "tiny": "failed",
         "tenx": "failed",
     }
-    errors = {r.name: r.error for r in summary.results if r.status == "failed"}
+    errors = {r.slide: r.error for r in summary.results if r.status == "failed"}
     assert "missing.svs: no such file" in errors["missing"]
     assert "text.svs: not a slide format" in errors["text"]
     assert "truncated.svs" in errors["truncated"]
     assert "nompp.png" in errors["nompp"] and "--mpp" in errors["nompp"]
     assert "smaller than one 5x patch" in errors["tiny"]
     assert "--hr-mag 20x is higher than the scan's 10x" in errors["tenx"]
-    assert (summary.ok, summary.failed, summary.empty) == (2, 6, ["blank"])
+    empty = [r.slide for r in summary.results if r.note == NO_TISSUE]
+    assert (summary.ok, summary.failed, empty) == (2, 6, ["blank"])
 
     assert read_coords(out / "coords" / "blank.h5").coords.shape == (0, 2)  # a valid result
     written = {p.name for p in (out / "coords").iterdir()} | {
         p.name for p in (out / "thumbnails").iterdir()
     }
     assert written == {"good.h5", "blank.h5", "good.png", "blank.png"}  # nothing half-written
-    lines = (out / "errors.csv").read_text().splitlines()
-    assert lines[0] == "slide,error" and len(lines) == 7
+    with open(out / "errors.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["slide"]: r["error"] for r in rows} == errors  # one row per failed slide
+    assert {r["slide"]: r["path"] for r in rows}["text"] == str(src / "text.svs")
 
 
 def test_resume_skips_complete_outputs(tmp_path, synth_slide_path):
@@ -211,15 +215,15 @@ def test_slide_lists(tmp_path, synth_slide_path, real_slide_path):
 
     listing = tmp_path / "slides.csv"
     listing.write_text(f"slide,label\n{synth_slide_path},1\n{real_slide_path},0\n")
-    assert collect_slides([listing]) == [synth_slide_path, real_slide_path]
+    assert collect_slides([listing]).paths == [synth_slide_path, real_slide_path]
     # A labels.csv names slides without paths: found beside the CSV or in its slides/ folder.
     (tmp_path / "slides").mkdir()
     shutil.copy(synth_slide_path, tmp_path / "slides" / "a.svs")
     labels = tmp_path / "labels.csv"
     labels.write_text("slide,patient,label\na,p0,positive\nghost,p1,negative\n")
-    assert collect_slides([labels]) == [tmp_path / "slides" / "a.svs", tmp_path / "ghost"]
+    assert collect_slides([labels]).paths == [tmp_path / "slides" / "a.svs", tmp_path / "ghost"]
     pattern = str(synth_slide_path.parent / "*.svs")
-    assert synth_slide_path in collect_slides([pattern])
+    assert synth_slide_path in collect_slides([pattern]).paths
     with pytest.raises(ConfigError, match="matches no files"):
         collect_slides([str(tmp_path / "*.svs")])
     shutil.copy(synth_slide_path, tmp_path / f"{real_slide_path.stem}.svs")
@@ -276,5 +280,5 @@ def test_a_dead_worker_does_not_stop_the_run(tmp_path, synth_slide_path):
     os.kill(children[0].pid, signal.SIGKILL)
     run.join(timeout=180)
     summary = done["summary"]
-    assert sorted(r.name for r in summary.results) == ["s0", "s1", "s2", "s3"]
+    assert sorted(r.slide for r in summary.results) == ["s0", "s1", "s2", "s3"]
     assert summary.ok == 4  # the slides themselves are fine: the retries succeed

@@ -1,0 +1,223 @@
+"""Several processes on one slide list: torchrun ranks (RANK / WORLD_SIZE / LOCAL_RANK) and
+`--shard i/n` (SLURM arrays and other schedulers).
+
+The slides are split into balanced shares by file size (deterministic, the same in every
+process). A torchrun rank that finishes its share goes on with the slides other ranks have not
+started (from the ends of their shares; claims keep each slide to one rank), then rank 0 waits
+for every rank (a gloo barrier, watching that the others still run) and reports for all.
+Shards are static: a SLURM task does its share and nothing else. torch.distributed is only
+imported when WORLD_SIZE > 1.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from lrmil.errors import ConfigError, LrmilError
+from lrmil.utils.processes import ProcessId, is_running, on_this_host, this_process
+
+if TYPE_CHECKING:
+    from lrmil.runner.record import RunSummary
+
+T = TypeVar("T")
+# How long rank 0 waits at the end for ranks that are alive but still working.
+TIMEOUT_S = float(os.environ.get("LRMIL_DIST_TIMEOUT_S", 3600))
+POLL_S = 0.2
+
+
+class RankFailed(LrmilError):
+    """A rank died or stopped answering before it finished its slides."""
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int
+    world: int
+    local_rank: int
+    launcher: str  # "single", "torchrun" or "shard"
+
+    @classmethod
+    def from_env(cls, shard: str | None = None) -> Ranks:
+        world = _env_int("WORLD_SIZE", 1)
+        if world > 1:
+            if shard is not None:
+                raise ConfigError("--shard splits the slides without torchrun; under torchrun "
+                                  "(WORLD_SIZE > 1) leave it out")
+            rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+            if not 0 <= rank < world:
+                raise ConfigError(f"RANK={rank} is not in 0..WORLD_SIZE-1 ({world - 1})")
+            return cls(rank, world, local, "torchrun")
+        if shard is None:
+            return cls(0, 1, 0, "single")
+        index, count = parse_shard(shard)
+        return cls(index, count, 0, "shard")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' (0 <= i < n) -> (i, n)."""
+    head, sep, tail = text.partition("/")
+    try:
+        index, count = int(head), int(tail)
+    except ValueError:
+        index, count = -1, 0
+    if not sep or count < 1 or not 0 <= index < count:
+        raise ConfigError(f"--shard must be I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
+    return index, count
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def split_by_size(items: list[T], n: int) -> list[list[T]]:
+    """`n` shares of about equal total size (`item.size`): largest first, each to the share
+    with the least so far (ties: lower index). Within a share, largest first."""
+    order = sorted(range(len(items)), key=lambda i: (-items[i].size, i))  # type: ignore[attr-defined]
+    heap = [(0, k) for k in range(n)]
+    shares: list[list[T]] = [[] for _ in range(n)]
+    for i in order:
+        total, k = heapq.heappop(heap)
+        shares[k].append(items[i])
+        heapq.heappush(heap, (total + items[i].size, k))  # type: ignore[attr-defined]
+    return shares
+
+
+def interleave_from_ends(shares: list[list[T]], rank: int) -> list[T]:
+    """The other shares' items, last first, taking one from each share in turn (starting
+    with the next rank): what their owners would reach last."""
+    others = [shares[(rank + k) % len(shares)][::-1] for k in range(1, len(shares))]
+    return [s[j] for j in range(max(map(len, others), default=0)) for s in others if j < len(s)]
+
+
+def rank_device(requested: str, local_rank: int = 0) -> str:
+    """The torch device of this process from a --device value: 'auto' is cuda where torch sees
+    one, else cpu; a bare 'cuda' under torchrun is this rank's GPU, cuda:LOCAL_RANK. A device
+    that does not exist here is refused in one line."""
+    import torch
+
+    text = requested.strip().lower()
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {requested!r}")
+    if kind == "cpu":
+        return "cpu"
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(f"--device {requested}: torch sees no CUDA device here "
+                          "(use --device cpu, or auto)")
+    if not index:
+        return f"cuda:{local_rank % count}" if _env_int("WORLD_SIZE", 1) > 1 else "cuda"
+    if int(index) >= count:
+        raise ConfigError(f"--device {requested}: torch sees {count} CUDA device(s)")
+    return text
+
+
+class Group:
+    """The torchrun ranks of one run, over a gloo process group."""
+
+    def __init__(self, ranks: Ranks, run: str) -> None:
+        import torch.distributed as dist
+
+        self.dist, self.ranks = dist, ranks
+        try:
+            dist.init_process_group("gloo", timeout=timedelta(seconds=TIMEOUT_S))
+        except (RuntimeError, ValueError) as exc:
+            raise ConfigError(f"torchrun rank {ranks.rank}: cannot join the process group "
+                              f"({str(exc).splitlines()[0]})") from None
+        names = [run]
+        dist.broadcast_object_list(names, src=0)
+        self.name = names[0]  # rank 0's run id names the whole run
+        self.members: list[tuple[ProcessId, Path]] = []
+
+    def exchange(self, record: Path) -> None:
+        """Every rank learns every rank's process and run record."""
+        mine = (this_process().as_dict(), str(record))
+        gathered: list[Any] = [None] * self.ranks.world
+        self.dist.all_gather_object(gathered, mine)
+        self.members = [(ProcessId.from_dict(p), Path(r)) for p, r in gathered]
+
+    def finish(self, summary: RunSummary) -> None:
+        """Rank 0 waits for the others and adds their results to `summary`; the others wait
+        for rank 0. RankFailed names a rank that died or stopped answering."""
+        try:
+            if self.ranks.rank == 0:
+                self._wait_for_all()
+                self._take_in(summary)
+            else:
+                try:
+                    self.dist.barrier()
+                except RuntimeError:
+                    raise RankFailed(f"rank {self.ranks.rank}: rank 0 ({self.members[0][0]}) "
+                                     "stopped answering; the run is incomplete") from None
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.dist.is_initialized():
+            self.dist.destroy_process_group()
+
+    def _wait_for_all(self) -> None:
+        from lrmil.runner.record import read_record
+
+        work = self.dist.barrier(async_op=True)
+        deadline = time.monotonic() + TIMEOUT_S
+        while not work.is_completed():
+            dead = self._dead_ranks(read_record)
+            if dead:
+                raise RankFailed(self._failure(dead, "died before finishing its slides"))
+            if time.monotonic() > deadline:
+                break
+            time.sleep(POLL_S)
+        try:
+            work.wait()
+        except RuntimeError as exc:
+            dead = self._dead_ranks(read_record) or self._unfinished(read_record)
+            what = "stopped answering" if dead else "failed"
+            raise RankFailed(self._failure(dead, what, str(exc).splitlines()[0])) from None
+
+    def _dead_ranks(self, read_record: Any) -> list[int]:
+        return [r for r in self._unfinished(read_record)
+                if on_this_host(self.members[r][0]) and not is_running(self.members[r][0])]
+
+    def _unfinished(self, read_record: Any) -> list[int]:
+        unfinished = []
+        for rank, (_proc, record) in enumerate(self.members):
+            try:
+                status = read_record(record).get("status")
+            except (OSError, ValueError):
+                status = None
+            if status != "finished":
+                unfinished.append(rank)
+        return unfinished
+
+    def _failure(self, ranks: list[int], what: str, detail: str = "") -> str:
+        names = ", ".join(f"rank {r} ({self.members[r][0]})" for r in ranks) or "a rank"
+        extra = f" ({detail})" if detail else ""
+        return (f"{names} {what}{extra}; the slides it held are incomplete: run the same "
+                "command again to do what is missing")
+
+    def _take_in(self, summary: RunSummary) -> None:
+        from lrmil.runner.record import read_record, results_of
+
+        for rank, (_proc, path) in enumerate(self.members):
+            if rank == 0:
+                continue
+            record = read_record(path)
+            summary.results += results_of(record)
+            summary.notes += [f"rank {rank}: {note}" for note in record.get("notes", [])]
+            summary.records.append(path)
+            summary.seconds = max(summary.seconds, float(record.get("seconds") or 0.0))
