@@ -1,56 +1,53 @@
 """Benchmarks of the fused alignment loss (performance.md, "Kernels").
 
-Contenders per shape: the fused op, the eager reference, torch.compile of the reference, and a
-memory copy of the op's main input (the bandwidth yardstick, measured in the same run).
+Per case, the fused op against every formulation a skilled user would write, each eager and
+each under torch.compile with static and with dynamic shapes, and a copy of the op's main input
+(the bandwidth yardstick), all timed interleaved (bench/conftest.py):
+- child_mse: the broadcast difference (lrmil.ops.reference), and the expanded square
+  `sum_k w_k |t_k|^2 - 2 s . tbar + |s|^2` with a batched matmul (no (N, K, D) temporary);
+- block_mse: the view/mean of the reference, and avg_pool2d over the grid seen as NCHW.
 Forward alone and forward+backward (gradient to the student; the teacher is frozen as in
-stage 1, so t does not require grad). Correctness is asserted before timing. Peak extra memory
-per call is read from the process's resident-set high-water mark (Linux /proc), which sees every
-allocation: bench/conftest.py makes each allocation of 128 KiB or more a fresh mmap for that.
+stage 1). Correctness is asserted before timing.
 
-Timing runs under glibc's steady state in a training loop instead: glibc raises its mmap
-threshold to the largest block freed so far (at most 32 MiB on 64-bit), so after the first step
-buffers below 32 MiB come back from the heap without page faults, while bigger ones (block_mse's
-(N, G, G, D) gradient) are fresh mmaps, page faults included, for every contender alike. Timing
-under conftest's fresh-page policy instead charged each (N, D) buffer its page faults (a
-first-touch 8 MiB buffer costs about as much as reading 60 MiB here), which a training loop does
-not pay.
+Timing runs under glibc's steady state in a training loop: glibc raises its mmap threshold to
+the largest block freed so far (at most 32 MiB on 64-bit), so buffers below 32 MiB come back
+from the heap without page faults, while bigger ones (block_mse's (N, G, G, D) gradient) are
+fresh mmaps, page faults included, for every contender alike (the faults per call are in the
+results).
 
-    .venv/bin/python -m pytest bench/test_align_loss.py \
-        --benchmark-json bench/results/align_loss_cpu.json
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m pytest bench/test_align_loss.py -p no:cacheprovider
 
-writes a markdown summary of the ratios to bench/results/align_loss_cpu.md. On a busy machine,
-wall-clock times of small shapes mostly measure thread wake-ups; a single-threaded run timed in
-CPU time is far steadier and goes to align_loss_cpu_1thread.md:
-
-    OMP_NUM_THREADS=1 .venv/bin/python -m pytest bench/test_align_loss.py \
-        --benchmark-timer time.thread_time \
-        --benchmark-json bench/results/align_loss_cpu_1thread.json
+writes bench/results/align_loss_cpu.md and .json.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
-import platform
-import time
 
 import pytest
 import torch
-from conftest import RESULTS, peak_extra_bytes
+import torch.nn.functional as F  # noqa: N812
+from conftest import Results, interleaved, peak_extra_bytes, try_compile
 
 from lrmil.ops import block_mse, child_mse
 from lrmil.ops import reference as ref
 
 K, G, R = 16, 16, 4
-CHILD_SHAPES = [(n, d) for n in (256, 2048) for d in (512, 768, 1024)]
-BLOCK_SHAPES = [(256, 512), (256, 768), (256, 1024), (2048, 512)]
-CONTENDERS = ["fused", "eager", "compiled", "copy"]
-MODES = ["fwd", "fwd+bwd"]
+CASES = {  # name -> (op, N, D): stage 1's 64-row batches and the larger ones of issue 14
+    "child_mse N=256 D=768": ("child", 256, 768),
+    "child_mse N=4096 D=768": ("child", 4096, 768),
+    "block_mse N=64 D=768": ("block", 64, 768),
+    "block_mse N=1024 D=768": ("block", 1024, 768),
+}
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _GLIBC_MAX_MMAP_THRESHOLD = 32 * 2**20  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
 _FRESH_PAGES = 128 * 1024  # bench/conftest.py's policy
+
+for _name in ("recompile_limit", "cache_size_limit"):  # one graph per case, mode and option
+    if hasattr(torch._dynamo.config, _name):
+        setattr(torch._dynamo.config, _name, 64)
 
 
 @contextlib.contextmanager
@@ -72,17 +69,37 @@ def _steady_state_malloc():
         libc.malloc_trim(0)
 
 
-_best: dict[tuple[str, str], float] = {}  # (group, contender) -> fastest round, seconds
-_peaks: dict[tuple[str, str], float] = {}  # (group, contender) -> peak extra bytes
-_bytes: dict[str, int] = {}  # group -> minimal bytes moved by the fused op
+def child_mse_matmul(s, t, weight):
+    """child_mse expanded: sum_k w_k |t_k - s|^2 = sum_k w_k |t_k|^2 - 2 s . tbar + W |s|^2,
+    with tbar = sum_k w_k t_k by a batched matmul; no (N, K, D) temporary."""
+    total = weight.sum(1, keepdim=True)
+    norm = torch.where(total > 0, weight / total.clamp_min(torch.finfo(s.dtype).tiny), 0.0)
+    tbar = torch.bmm(norm[:, None, :], t)[:, 0]
+    t_sq = torch.linalg.vector_norm(t, dim=2).square()
+    has = (total[:, 0] > 0).to(s.dtype)
+    err = (norm * t_sq).sum(1) - 2 * (s * tbar).sum(1) + has * s.square().sum(1)
+    return err / s.shape[1]
 
-for _name in ("recompile_limit", "cache_size_limit"):  # one compiled graph per shape and mode
-    if hasattr(torch._dynamo.config, _name):
-        setattr(torch._dynamo.config, _name, 64)
+
+def block_mse_avgpool(S, t, valid, r):  # noqa: N803
+    """block_mse with the block means from avg_pool2d of the grid as an NCHW view."""
+    n, g, _, d = S.shape
+    means = F.avg_pool2d(S.permute(0, 3, 1, 2), g // r)  # (N, D, r, r)
+    per_child = (means.flatten(2).transpose(1, 2) - t).square().mean(2)
+    mask = valid.to(per_child.dtype)
+    count = mask.sum(1)
+    return torch.where(count > 0, (per_child * mask).sum(1) / count.clamp_min(1.0), 0.0)
+
+
+FORMULATIONS = {
+    "child": {"broadcast": ref.child_mse, "matmul": child_mse_matmul},
+    "block": {"view-mean": ref.block_mse, "avg_pool": block_mse_avgpool},
+}
+FUSED = {"child": child_mse, "block": block_mse}
 
 
 def _inputs(op: str, n: int, d: int):
-    """(student, op args, {mode: bytes the op must move at the least})."""
+    """(student, op args, {mode: bytes the op must move at the least}, copy source)."""
     g = torch.Generator().manual_seed(0)
     t = torch.randn(n, K, d, generator=g)
     if op == "child":
@@ -91,19 +108,15 @@ def _inputs(op: str, n: int, d: int):
         # fwd (no grad): read t and s; fwd+bwd also writes tbar, then reads s and tbar and
         # writes ds.
         fwd = (t.numel() + s.numel()) * 4
-        return s, (s, t, w), {"fwd": fwd, "fwd+bwd": fwd + 4 * s.numel() * 4}
+        return s, (s, t, w), {"fwd": fwd, "fwd+bwd": fwd + 4 * s.numel() * 4}, t
     grid = torch.randn(n, G, G, d, generator=g, requires_grad=True)
     valid = torch.rand(n, K, generator=g) > 0.2
-    # fwd: read S and t; fwd+bwd: read S and t, write dS (an ideal fused pair; ours reads S twice).
+    # fwd: read S and t; fwd+bwd: read S and t, write dS (an ideal fused pair).
     fwd = (grid.numel() + t.numel()) * 4
-    return grid, (grid, t, valid, R), {"fwd": fwd, "fwd+bwd": fwd + grid.numel() * 4}
+    return grid, (grid, t, valid, R), {"fwd": fwd, "fwd+bwd": fwd + grid.numel() * 4}, grid
 
 
-def _call(op: str, contender: str, mode: str, student, args):
-    fns = {"child": (child_mse, ref.child_mse), "block": (block_mse, ref.block_mse)}[op]
-    fn = fns[0] if contender == "fused" else fns[1]
-    if contender == "compiled":
-        fn = torch.compile(fn, dynamic=False)
+def _step(fn, mode: str, student, args):
     if mode == "fwd":
 
         def forward():
@@ -114,105 +127,68 @@ def _call(op: str, contender: str, mode: str, student, args):
     return lambda: torch.autograd.grad(fn(*args).sum(), student)
 
 
-def _params():
-    for op, shapes in (("child", CHILD_SHAPES), ("block", BLOCK_SHAPES)):
-        for n, d in shapes:
-            for mode in MODES:
-                for contender in CONTENDERS:
-                    yield pytest.param(
-                        op, n, d, mode, contender, id=f"{op}-N{n}-D{d}-{mode}-{contender}"
-                    )
+results = Results(
+    "Alignment loss, CPU, fp32",
+    [
+        "Medians of interleaved rounds (every contender once per round, the order reversed every"
+        " other round); speed-up = contender median / fused median.",
+        f"K = {K}, G = {G}, r = {R}; fwd+bwd: gradient to the student (the teacher is frozen).",
+        "GB/s: the least traffic the op needs (inputs read once, outputs written once; block_mse"
+        " fwd+bwd: S and t read once, dS written once) over the fused time; copy: the main input"
+        " (t for child_mse, S for block_mse) read and written, in the same rounds.",
+        "Timed under glibc's steady state of a training loop (mmap threshold 32 MiB: smaller"
+        " buffers are reused, bigger ones such as block_mse's dS are fresh mmaps whose page"
+        " faults every contender pays); peaks (extra resident MB of one call) are measured with"
+        " every allocation of 128 KiB or more a fresh mmap.",
+        "sys ms / faults: kernel CPU time and minor page faults per fused call; load: 1-minute"
+        " load average at the end of the case (2 cores; other jobs shared them).",
+    ],
+)
+_peaks: list[str] = []
 
 
-@pytest.mark.parametrize(("op", "n", "d", "mode", "contender"), list(_params()))
-def test_align_loss(benchmark, op, n, d, mode, contender):
-    group = f"{op}_mse N={n} K={K} D={d}" + (f" G={G}" if op == "block" else "") + f" {mode}"
-    benchmark.group = group
-    student, args, min_bytes = _inputs(op, n, d)
-    if contender == "copy":
-        src = (args[1] if op == "child" else args[0]).detach()
-        dst = torch.empty_like(src)
-        run = lambda: dst.copy_(src)  # noqa: E731
-        moved = 2 * src.numel() * 4
-    else:
-        run = _call(op, contender, mode, student, args)
-        if contender == "fused":
-            fused = _call(op, "fused", "fwd+bwd", student, args)()
-            want = _call(op, "eager", "fwd+bwd", student, args)()
-            torch.testing.assert_close(fused, want, rtol=1e-4, atol=1e-6)
-            torch.testing.assert_close(
-                _call(op, "fused", "fwd", student, args)(),
-                _call(op, "eager", "fwd", student, args)(),
-                rtol=1e-4,
-                atol=1e-6,
-            )
-        run()  # warm up (and compile) outside the timing
-        _peaks[group, contender] = peak_extra_bytes(run)
-    rounds = int(min(15, max(3, 2e9 / min_bytes["fwd+bwd"])))
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_align_loss(case, mode):
+    op, n, d = CASES[case]
+    student, args, min_bytes, src = _inputs(op, n, d)
+    fused = FUSED[op]
+    contenders = {"fused": _step(fused, mode, student, args)}
+    want_fwd = _step(FORMULATIONS[op][next(iter(FORMULATIONS[op]))], "fwd", student, args)()
+    want_bwd = _step(FORMULATIONS[op][next(iter(FORMULATIONS[op]))], "fwd+bwd", student, args)()
+    failed = {}
+    for name, fn in FORMULATIONS[op].items():
+        torch.testing.assert_close(_step(fn, "fwd", student, args)(), want_fwd, rtol=1e-4,
+                                   atol=1e-6)  # fmt: skip
+        contenders[f"eager {name}"] = _step(fn, mode, student, args)
+        for dynamic in (False, True):
+            label = f"compiled {'dynamic' if dynamic else 'static'} {name}"
+            compiled = try_compile(fn, lambda c: _step(c, mode, student, args)(), dynamic=dynamic)
+            if isinstance(compiled, str):
+                failed[label] = compiled
+                continue
+            contenders[label] = _step(compiled, mode, student, args)
+    torch.testing.assert_close(contenders["fused"](), want_fwd if mode == "fwd" else want_bwd,
+                               rtol=1e-4, atol=1e-6)  # fmt: skip
+    src = src.detach()
+    dst = torch.empty_like(src)
+    contenders["copy"] = lambda: dst.copy_(src)
+    peaks = {name: peak_extra_bytes(fn) for name, fn in contenders.items() if name != "copy"}
+    rounds = 7 if min_bytes["fwd+bwd"] > 2e8 else 15
     with _steady_state_malloc():
-        benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1)
-    _best[group, contender] = benchmark.stats.stats.min
-    if contender == "fused":
-        _bytes[group] = min_bytes[mode]
-    elif contender == "copy":
-        _bytes[group + " copy"] = moved
+        timings = interleaved(contenders, rounds=rounds)
+    results.add(f"{case} {mode}", timings, min_bytes[mode], 2 * src.nbytes, failed)
+    _peaks.append(
+        f"| {case} {mode} | "
+        + " | ".join(f"{name} {peak / 2**20:.0f}" for name, peak in peaks.items())
+        + " |"
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _write_summary(request):
-    start, load_start = time.time(), os.getloadavg()[0]
+def _write_results_at_end():
     yield
-    groups = sorted({g for g, _ in _best}, key=lambda g: (g.split()[0], g))
-    load = os.getloadavg()
-    timer = request.config.getoption("benchmark_timer", None)
-    timer_name = getattr(timer, "__name__", str(timer))
-    threads = torch.get_num_threads()
-    lines = [
-        "# Alignment loss on the CPU (fp32)",
-        "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, {threads} threads, timer {timer_name}. Load average "
-        f"{load_start:.1f} at the start, {load[0]:.1f} at the end (other processes shared "
-        "the cores). "
-        f"Run took {time.time() - start:.0f} s. Timed under glibc's steady state in a training "
-        "loop (mmap threshold 32 MiB): buffers below 32 MiB are reused from the heap, bigger "
-        "ones (block_mse's dS) are fresh mmaps whose page faults every contender pays. Peaks "
-        "are measured with every allocation of 128 KiB or more a fresh mmap "
-        "(bench/conftest.py).",
-        "",
-        "Times are the fastest of several rounds (the least disturbed by the other processes; "
-        "medians are in the JSON). Speed-up = contender time / fused time (higher is better "
-        "for the fused op). "
-        "GB/s: the least traffic the op needs (inputs read once, outputs written once; for "
-        "block_mse fwd+bwd: S and t read once, dS written once, although the fused backward "
-        "reads S again) over the fused time, next to a copy of the main input (t for "
-        "child_mse, S for block_mse) in the same run; the copy writes into a preallocated "
-        "buffer, while the ops allocate their outputs. "
-        "Peak = extra resident memory during one "
-        "call (MB).",
-        "",
-        "| case | fused ms | vs eager | vs compile | fused GB/s | copy GB/s "
-        "| peak fused MB | peak eager MB | peak compile MB |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for g in groups:
-        fused = _best.get((g, "fused"))
-        if fused is None:
-            continue
-
-        def ratio(c, g=g, fused=fused):
-            return f"{_best[g, c] / fused:.2f}x" if (g, c) in _best else "-"
-
-        def peak(c, g=g):
-            return f"{_peaks[g, c] / 2**20:.0f}" if (g, c) in _peaks else "-"
-
-        copy = _best.get((g, "copy"))
-        copy_gbs = f"{_bytes[g + ' copy'] / copy / 1e9:.1f}" if copy else "-"
-        lines.append(
-            f"| {g} | {fused * 1e3:.1f} | {ratio('eager')} | {ratio('compiled')} "
-            f"| {_bytes[g] / fused / 1e9:.1f} | {copy_gbs} "
-            f"| {peak('fused')} | {peak('eager')} | {peak('compiled')} |"
-        )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "align_loss_cpu.md" if threads > 1 else "align_loss_cpu_1thread.md"
-    (RESULTS / name).write_text("\n".join(lines) + "\n")
+    if _peaks:
+        results.tail += ["## Peak extra resident memory of one call (MB)", "",
+                         "| case | per contender |", "|---|---|", *_peaks]  # fmt: skip
+    results.write("align_loss_cpu")

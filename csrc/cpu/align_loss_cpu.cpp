@@ -331,8 +331,12 @@ void child_mse_bwd_impl(const ChildMseParams& p) {
     for (int64_t j = 0; j < len; ++j) sv[j] = load(si + j * s_sd);
     for (int64_t c = 0; c < p.k; ++c) {
       const A gw = g_scale * wi[c * p.w_sk];
-      const T* tk = t + i * p.t_sn + c * p.t_sk + d0 * t_sd;
       T* dtk = dt + (i * p.k + c) * p.d + d0;
+      if (gw == A(0)) {  // a child of weight 0 (or a row without weight) is not read: its
+        for (int64_t j = 0; j < len; ++j) store(dtk + j, A(0));  // NaNs must not leak
+        continue;
+      }
+      const T* tk = t + i * p.t_sn + c * p.t_sk + d0 * t_sd;
       for (int64_t j = 0; j < len; ++j) store(dtk + j, child_mse_grad_t(gw, A(load(tk + j * t_sd)), sv[j]));
     }
   };

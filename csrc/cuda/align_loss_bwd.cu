@@ -1,77 +1,94 @@
-// CUDA backward kernels of the alignment loss (math in lrmil/align_loss.h). One block per row,
-// threads over features; block_mse recomputes the block means from S instead of reading stored
-// (N, K, D) means.
-#include <cuda_runtime.h>
-
-#include <stdexcept>
-#include <string>
-
+// CUDA backward kernels of the alignment loss (math in lrmil/align_loss.h), on the forward's
+// grids: (row, feature tile) for child_mse, (row, child x feature tile) for block_mse, each thread
+// kCudaAlignRun consecutive features with 16-byte loads and stores where aligned. block_mse
+// recomputes the block means from S instead of reading stored (N, K, D) means; children of weight
+// 0 (child_mse) and invalid children (block_mse) are never read, their gradients written as 0.
+#include "common.cuh"
 #include "lrmil/align_loss.h"
 
 namespace lrmil {
 namespace {
 
-constexpr int kMaxThreads = 256;
-
-int threads_for(int64_t d) {
-  const int64_t warps = (d + 31) / 32;
-  return static_cast<int>(warps * 32 < kMaxThreads ? (warps < 1 ? 32 : warps * 32) : kMaxThreads);
-}
-
-void check_launch(const char* name) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string(name) + ": " + cudaGetErrorString(err));
-}
+using namespace cuda;
+constexpr int E = static_cast<int>(kCudaAlignRun);
 
 template <typename T>
-__global__ void child_mse_bwd_kernel(ChildMseParams p) {
+__global__ void child_mse_bwd_kernel(ChildMseParams p, bool vec) {
   using A = acc_t<T>;
   const int64_t i = blockIdx.x;
-  const T* s = static_cast<const T*>(p.s) + i * p.s_sn;
-  const T* t = static_cast<const T*>(p.t) + i * p.t_sn;
-  const A* w = static_cast<const A*>(p.w) + i * p.w_sn;
-  const A* tbar = p.ds == nullptr ? nullptr : static_cast<const A*>(p.tbar) + i * p.d;
-  T* ds = p.ds == nullptr ? nullptr : static_cast<T*>(p.ds) + i * p.d;
-  T* dt = p.dt == nullptr ? nullptr : static_cast<T*>(p.dt) + i * p.k * p.d;
+  const int64_t j0 = static_cast<int64_t>(blockIdx.y) * kCudaAlignTile + threadIdx.x * E;
+  if (j0 >= p.d) return;
+  const T* __restrict__ s = static_cast<const T*>(p.s) + i * p.s_sn;
+  const A* __restrict__ w = static_cast<const A*>(p.w) + i * p.w_sn;
   const A total = weight_sum(w, p.k, p.w_sk);
   const A g_scale = static_cast<const A*>(p.grad)[i] * child_mse_scale(total, p.d);
-  for (int64_t d = threadIdx.x; d < p.d; d += blockDim.x) {
-    const A sv = load(s + d * p.s_sd);
-    if (ds != nullptr) store(ds + d, child_mse_grad_s(g_scale * total, sv, tbar[d]));
-    if (dt == nullptr) continue;
-    for (int64_t c = 0; c < p.k; ++c) {
-      store(dt + c * p.d + d, child_mse_grad_t(g_scale * w[c * p.w_sk], A(load(t + c * p.t_sk + d * p.t_sd)), sv));
+  A sv[E];
+  load_run<E>(s, p.s_sd, j0, p.d, vec, sv);
+  if (p.ds != nullptr) {
+    const A* __restrict__ tbar = static_cast<const A*>(p.tbar) + i * p.d;
+    A ds[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) ds[e] = j0 + e < p.d ? child_mse_grad_s(g_scale * total, sv[e], tbar[j0 + e]) : A(0);
+    store_run<E>(static_cast<T*>(p.ds) + i * p.d, j0, p.d, vec && p.d % kVec<T> == 0, ds);
+  }
+  if (p.dt == nullptr) return;
+  const T* __restrict__ t = static_cast<const T*>(p.t) + i * p.t_sn;
+  T* __restrict__ dt = static_cast<T*>(p.dt) + i * p.k * p.d;
+  const bool vec_out = vec && p.d % kVec<T> == 0;
+  for (int64_t c = 0; c < p.k; ++c) {
+    const A gw = g_scale * w[c * p.w_sk];
+    A out[E] = {};
+    if (gw != A(0)) {
+      A tv[E];
+      load_run<E>(t + c * p.t_sk, p.t_sd, j0, p.d, vec, tv);
+#pragma unroll
+      for (int e = 0; e < E; ++e) out[e] = child_mse_grad_t(gw, tv[e], sv[e]);
     }
+    store_run<E>(dt + c * p.d, j0, p.d, vec_out, out);
   }
 }
 
 template <typename T>
-__global__ void block_mse_bwd_kernel(BlockMseParams p) {
+__global__ void block_mse_bwd_kernel(BlockMseParams p, bool vec) {
   using A = acc_t<T>;
-  const int64_t i = blockIdx.x, k = p.r * p.r, b = p.g / p.r;
-  const T* S = static_cast<const T*>(p.S) + i * p.S_sn;
-  const T* t = static_cast<const T*>(p.t) + i * p.t_sn;
+  const int64_t k = p.r * p.r, b = p.g / p.r, tiles = cuda_align_tiles(p.d);
+  const int64_t i = blockIdx.x, c = blockIdx.y / tiles, tile = blockIdx.y % tiles;
+  const int64_t j0 = tile * kCudaAlignTile + threadIdx.x * E;
+  if (j0 >= p.d) return;
   const uint8_t* valid = p.valid + i * p.v_sn;
-  T* dS = static_cast<T*>(p.dS) + i * p.g * p.g * p.d;
-  T* dt = p.dt == nullptr ? nullptr : static_cast<T*>(p.dt) + i * k * p.d;
   const A g_scale = static_cast<const A*>(p.grad)[i] * block_mse_scale<A>(count_valid(valid, k, p.v_sk), p.d);
   const A inv_area = A(1) / A(b * b);
-  for (int64_t d = threadIdx.x; d < p.d; d += blockDim.x) {
-    for (int64_t c = 0; c < k; ++c) {
-      int64_t y0, x0;
-      child_block_origin(c, p.r, b, &y0, &x0);
-      A gm = 0;
-      if (valid[c * p.v_sk]) {
-        A m = 0;
-        for (int64_t y = y0; y < y0 + b; ++y)
-          for (int64_t x = x0; x < x0 + b; ++x) m += load(S + y * p.S_sy + x * p.S_sx + d * p.S_sd);
-        gm = block_mse_grad_m(g_scale, m * inv_area, A(load(t + c * p.t_sk + d * p.t_sd)));
+  int64_t y0, x0;
+  child_block_origin(c, p.r, b, &y0, &x0);
+  A gm[E] = {};
+  if (valid[c * p.v_sk]) {
+    const T* __restrict__ S = static_cast<const T*>(p.S) + i * p.S_sn;
+    A m[E] = {};
+    for (int64_t y = y0; y < y0 + b; ++y) {
+      for (int64_t x = x0; x < x0 + b; ++x) {
+        A cell[E];
+        load_run<E>(S + y * p.S_sy + x * p.S_sx, p.S_sd, j0, p.d, vec, cell);
+#pragma unroll
+        for (int e = 0; e < E; ++e) m[e] += cell[e];
       }
-      if (dt != nullptr) store(dt + c * p.d + d, -gm);
-      gm *= inv_area;
-      for (int64_t y = y0; y < y0 + b; ++y)
-        for (int64_t x = x0; x < x0 + b; ++x) store(dS + (y * p.g + x) * p.d + d, gm);
     }
+    A tv[E];
+    load_run<E>(static_cast<const T*>(p.t) + i * p.t_sn + c * p.t_sk, p.t_sd, j0, p.d, vec, tv);
+#pragma unroll
+    for (int e = 0; e < E; ++e) gm[e] = block_mse_grad_m(g_scale, m[e] * inv_area, tv[e]);
+  }
+  const bool vec_out = vec && p.d % kVec<T> == 0;
+  if (p.dt != nullptr) {
+    A neg[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) neg[e] = -gm[e];
+    store_run<E>(static_cast<T*>(p.dt) + (i * k + c) * p.d, j0, p.d, vec_out, neg);
+  }
+#pragma unroll
+  for (int e = 0; e < E; ++e) gm[e] *= inv_area;
+  T* dS = static_cast<T*>(p.dS) + i * p.g * p.g * p.d;
+  for (int64_t y = y0; y < y0 + b; ++y) {
+    for (int64_t x = x0; x < x0 + b; ++x) store_run<E>(dS + (y * p.g + x) * p.d, j0, p.d, vec_out, gm);
   }
 }
 
@@ -80,19 +97,28 @@ __global__ void block_mse_bwd_kernel(BlockMseParams p) {
 void child_mse_bwd_cuda(const ChildMseParams& p, void* stream) {
   if (p.n == 0) return;
   LRMIL_DISPATCH_FLOAT_TYPES(p.dtype, "child_mse", [&] {
+    constexpr int64_t v = kVec<scalar_t>;
+    const bool t_ok = p.dt == nullptr || (p.t_sd == 1 && vector_ok<scalar_t>(p.t, p.t_sk, v) && p.t_sn % v == 0);
+    const bool vec = p.s_sd == 1 && vector_ok<scalar_t>(p.s, p.s_sn, v) && t_ok;
+    const dim3 grid(static_cast<unsigned>(p.n), static_cast<unsigned>(cuda_align_tiles(p.d)));
     child_mse_bwd_kernel<scalar_t>
-        <<<(unsigned)p.n, threads_for(p.d), 0, static_cast<cudaStream_t>(stream)>>>(p);
+        <<<grid, static_cast<unsigned>(kCudaAlignThreads), 0, static_cast<cudaStream_t>(stream)>>>(p, vec);
   });
-  check_launch("child_mse_bwd");
+  check_launch("child_mse backward");
 }
 
 void block_mse_bwd_cuda(const BlockMseParams& p, void* stream) {
   if (p.n == 0) return;
   LRMIL_DISPATCH_FLOAT_TYPES(p.dtype, "block_mse", [&] {
+    constexpr int64_t v = kVec<scalar_t>;
+    const bool vec = p.S_sd == 1 && p.t_sd == 1 && vector_ok<scalar_t>(p.S, p.S_sx, v) &&
+                     p.S_sy % v == 0 && p.S_sn % v == 0 && vector_ok<scalar_t>(p.t, p.t_sk, v) &&
+                     p.t_sn % v == 0;
+    const dim3 grid(static_cast<unsigned>(p.n), static_cast<unsigned>(p.r * p.r * cuda_align_tiles(p.d)));
     block_mse_bwd_kernel<scalar_t>
-        <<<(unsigned)p.n, threads_for(p.d), 0, static_cast<cudaStream_t>(stream)>>>(p);
+        <<<grid, static_cast<unsigned>(kCudaAlignThreads), 0, static_cast<cudaStream_t>(stream)>>>(p, vec);
   });
-  check_launch("block_mse_bwd");
+  check_launch("block_mse backward");
 }
 
 }  // namespace lrmil

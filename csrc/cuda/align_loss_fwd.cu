@@ -1,116 +1,148 @@
-// CUDA forward kernels of the alignment loss (math in lrmil/align_loss.h). One block per row,
-// threads over features (coalesced when D is contiguous), a fixed-order block reduction for the
-// row loss, so results are deterministic.
-#include <cuda_runtime.h>
-
-#include <stdexcept>
-#include <string>
-
+// CUDA forward kernels of the alignment loss (math in lrmil/align_loss.h). Grids of (row,
+// feature tile) for child_mse and (row, child x feature tile) for block_mse, so that stage 1's
+// 64-row batches still fill the GPU; each thread owns kCudaAlignRun consecutive features (16-byte
+// loads when D is unit-stride and aligned). Partial losses per tile go to scratch and are added
+// per row in tile order: deterministic.
+#include "common.cuh"
 #include "lrmil/align_loss.h"
 
 namespace lrmil {
 namespace {
 
-constexpr int kMaxThreads = 256;
+using namespace cuda;
+constexpr int E = static_cast<int>(kCudaAlignRun);
 
-int threads_for(int64_t d) {
-  const int64_t warps = (d + 31) / 32;
-  return static_cast<int>(warps * 32 < kMaxThreads ? (warps < 1 ? 32 : warps * 32) : kMaxThreads);
-}
-
-void check_launch(const char* name) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) throw std::runtime_error(std::string(name) + ": " + cudaGetErrorString(err));
-}
-
-// Sum of v over the block, valid in thread 0.
-template <typename A>
-__device__ A block_sum(A v) {
-  __shared__ A warp_sums[kMaxThreads / 32];
-  for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) warp_sums[warp] = v;
-  __syncthreads();
-  A total = 0;
-  if (threadIdx.x == 0) {
-    for (int w = 0; w < (int)(blockDim.x / 32); ++w) total += warp_sums[w];
-  }
-  return total;
-}
+// Sum over the warp (the block is one warp), valid in lane 0.
+template <typename A> __device__ __forceinline__ A tile_sum(A v) { return warp_sum(v); }
 
 template <typename T>
-__global__ void child_mse_fwd_kernel(ChildMseParams p) {
+__global__ void child_mse_fwd_kernel(ChildMseParams p, bool vec) {
   using A = acc_t<T>;
-  const int64_t i = blockIdx.x;
-  const T* s = static_cast<const T*>(p.s) + i * p.s_sn;
-  const T* t = static_cast<const T*>(p.t) + i * p.t_sn;
-  const A* w = static_cast<const A*>(p.w) + i * p.w_sn;
-  A* tbar = p.tbar == nullptr ? nullptr : static_cast<A*>(p.tbar) + i * p.d;
+  const int64_t i = blockIdx.x, tiles = gridDim.y;
+  const int64_t j0 = static_cast<int64_t>(blockIdx.y) * kCudaAlignTile + threadIdx.x * E;
+  const T* __restrict__ s = static_cast<const T*>(p.s) + i * p.s_sn;
+  const T* __restrict__ t = static_cast<const T*>(p.t) + i * p.t_sn;
+  const A* __restrict__ w = static_cast<const A*>(p.w) + i * p.w_sn;
   const A total = weight_sum(w, p.k, p.w_sk);
   const A inv_total = total > A(0) ? A(1) / total : A(0);
-  A err = 0;
-  for (int64_t d = threadIdx.x; d < p.d; d += blockDim.x) {
-    A mean = 0;
-    if (inv_total != A(0)) {
-      const A sv = load(s + d * p.s_sd);
-      for (int64_t c = 0; c < p.k; ++c) {
-        const A wk = w[c * p.w_sk];
-        if (wk == A(0)) continue;
-        const A tv = load(t + c * p.t_sk + d * p.t_sd);
-        err += wk * sq(tv - sv);
-        mean += wk * tv;
+  A err = 0, mean[E] = {};
+  if (inv_total != A(0) && j0 < p.d) {
+    A sv[E];
+    load_run<E>(s, p.s_sd, j0, p.d, vec, sv);
+    for (int64_t c = 0; c < p.k; ++c) {
+      const A wk = w[c * p.w_sk];
+      if (wk == A(0)) continue;  // children of weight 0 are never read
+      A tv[E];
+      load_run<E>(t + c * p.t_sk, p.t_sd, j0, p.d, vec, tv);
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        if (j0 + e < p.d) err += wk * sq(tv[e] - sv[e]);
+        mean[e] += wk * tv[e];
       }
     }
-    if (tbar != nullptr) tbar[d] = mean * inv_total;
   }
-  err = block_sum(err);
-  if (threadIdx.x == 0) static_cast<A*>(p.loss)[i] = child_mse_scale(total, p.d) * err;
-}
-
-template <typename T>
-__global__ void block_mse_fwd_kernel(BlockMseParams p) {
-  using A = acc_t<T>;
-  const int64_t i = blockIdx.x, k = p.r * p.r, b = p.g / p.r;
-  const T* S = static_cast<const T*>(p.S) + i * p.S_sn;
-  const T* t = static_cast<const T*>(p.t) + i * p.t_sn;
-  const uint8_t* valid = p.valid + i * p.v_sn;
-  const A inv_area = A(1) / A(b * b);
-  A err = 0;
-  for (int64_t d = threadIdx.x; d < p.d; d += blockDim.x) {
-    for (int64_t c = 0; c < k; ++c) {
-      if (!valid[c * p.v_sk]) continue;
-      int64_t y0, x0;
-      child_block_origin(c, p.r, b, &y0, &x0);
-      A m = 0;
-      for (int64_t y = y0; y < y0 + b; ++y)
-        for (int64_t x = x0; x < x0 + b; ++x) m += load(S + y * p.S_sy + x * p.S_sx + d * p.S_sd);
-      err += sq(m * inv_area - A(load(t + c * p.t_sk + d * p.t_sd)));
+  if (p.tbar != nullptr && j0 < p.d) {
+    A* tb = static_cast<A*>(p.tbar) + i * p.d;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      if (j0 + e < p.d) tb[j0 + e] = mean[e] * inv_total;
     }
   }
-  err = block_sum(err);
-  if (threadIdx.x == 0) {
-    static_cast<A*>(p.loss)[i] = block_mse_scale<A>(count_valid(valid, k, p.v_sk), p.d) * err;
-  }
+  err = tile_sum(err);
+  if (threadIdx.x == 0) static_cast<A*>(p.partial)[i * tiles + blockIdx.y] = err;
 }
+
+// One block per (row, child, tile): the child's block mean of S for the thread's features.
+template <typename T>
+__global__ void block_mse_fwd_kernel(BlockMseParams p, bool vec) {
+  using A = acc_t<T>;
+  const int64_t k = p.r * p.r, b = p.g / p.r, tiles = cuda_align_tiles(p.d);
+  const int64_t i = blockIdx.x, c = blockIdx.y / tiles, tile = blockIdx.y % tiles;
+  const int64_t j0 = tile * kCudaAlignTile + threadIdx.x * E;
+  const uint8_t* valid = p.valid + i * p.v_sn;
+  A err = 0;
+  if (valid[c * p.v_sk] && j0 < p.d) {
+    const T* __restrict__ S = static_cast<const T*>(p.S) + i * p.S_sn;
+    int64_t y0, x0;
+    child_block_origin(c, p.r, b, &y0, &x0);
+    A m[E] = {};
+    for (int64_t y = y0; y < y0 + b; ++y) {
+      for (int64_t x = x0; x < x0 + b; ++x) {
+        A cell[E];
+        load_run<E>(S + y * p.S_sy + x * p.S_sx, p.S_sd, j0, p.d, vec, cell);
+#pragma unroll
+        for (int e = 0; e < E; ++e) m[e] += cell[e];
+      }
+    }
+    A tv[E];
+    load_run<E>(static_cast<const T*>(p.t) + i * p.t_sn + c * p.t_sk, p.t_sd, j0, p.d, vec, tv);
+    const A inv_area = A(1) / A(b * b);
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      if (j0 + e < p.d) err += sq(m[e] * inv_area - tv[e]);
+    }
+  }
+  err = tile_sum(err);
+  if (threadIdx.x == 0) static_cast<A*>(p.partial)[(i * k + c) * tiles + tile] = err;
+}
+
+// loss[i] = scale(i) * the row's partials in order (a thread per row).
+template <typename A>
+__global__ void child_mse_reduce_kernel(ChildMseParams p, int64_t tiles) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= p.n) return;
+  const A* part = static_cast<const A*>(p.partial) + i * tiles;
+  A total = 0;
+  for (int64_t q = 0; q < tiles; ++q) total += part[q];
+  const A* w = static_cast<const A*>(p.w) + i * p.w_sn;
+  static_cast<A*>(p.loss)[i] = child_mse_scale(weight_sum(w, p.k, p.w_sk), p.d) * total;
+}
+
+template <typename A>
+__global__ void block_mse_reduce_kernel(BlockMseParams p, int64_t per_row) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i >= p.n) return;
+  const A* part = static_cast<const A*>(p.partial) + i * per_row;
+  A total = 0;
+  for (int64_t q = 0; q < per_row; ++q) total += part[q];
+  const int64_t k = p.r * p.r;
+  static_cast<A*>(p.loss)[i] = block_mse_scale<A>(count_valid(p.valid + i * p.v_sn, k, p.v_sk), p.d) * total;
+}
+
+constexpr int kReduceThreads = 256;
 
 }  // namespace
 
 void child_mse_fwd_cuda(const ChildMseParams& p, void* stream) {
   if (p.n == 0) return;
+  const auto st = static_cast<cudaStream_t>(stream);
+  const int64_t tiles = cuda_align_tiles(p.d);
   LRMIL_DISPATCH_FLOAT_TYPES(p.dtype, "child_mse", [&] {
-    child_mse_fwd_kernel<scalar_t>
-        <<<(unsigned)p.n, threads_for(p.d), 0, static_cast<cudaStream_t>(stream)>>>(p);
+    const bool vec = p.s_sd == 1 && p.t_sd == 1 && vector_ok<scalar_t>(p.s, p.s_sn, kVec<scalar_t>) &&
+                     vector_ok<scalar_t>(p.t, p.t_sk, kVec<scalar_t>) && p.t_sn % kVec<scalar_t> == 0;
+    const dim3 grid(static_cast<unsigned>(p.n), static_cast<unsigned>(tiles));
+    child_mse_fwd_kernel<scalar_t><<<grid, static_cast<unsigned>(kCudaAlignThreads), 0, st>>>(p, vec);
+    check_launch("child_mse forward");
+    child_mse_reduce_kernel<acc_t<scalar_t>><<<blocks_for(p.n, kReduceThreads), kReduceThreads, 0, st>>>(p, tiles);
+    check_launch("child_mse forward reduction");
   });
-  check_launch("child_mse_fwd");
 }
 
 void block_mse_fwd_cuda(const BlockMseParams& p, void* stream) {
   if (p.n == 0) return;
+  const auto st = static_cast<cudaStream_t>(stream);
+  const int64_t tiles = cuda_align_tiles(p.d), k = p.r * p.r;
   LRMIL_DISPATCH_FLOAT_TYPES(p.dtype, "block_mse", [&] {
-    block_mse_fwd_kernel<scalar_t>
-        <<<(unsigned)p.n, threads_for(p.d), 0, static_cast<cudaStream_t>(stream)>>>(p);
+    constexpr int64_t v = kVec<scalar_t>;
+    const bool vec = p.S_sd == 1 && p.t_sd == 1 && vector_ok<scalar_t>(p.S, p.S_sx, v) &&
+                     p.S_sy % v == 0 && p.S_sn % v == 0 && vector_ok<scalar_t>(p.t, p.t_sk, v) &&
+                     p.t_sn % v == 0;
+    const dim3 grid(static_cast<unsigned>(p.n), static_cast<unsigned>(k * tiles));
+    block_mse_fwd_kernel<scalar_t><<<grid, static_cast<unsigned>(kCudaAlignThreads), 0, st>>>(p, vec);
+    check_launch("block_mse forward");
+    block_mse_reduce_kernel<acc_t<scalar_t>><<<blocks_for(p.n, kReduceThreads), kReduceThreads, 0, st>>>(p, k * tiles);
+    check_launch("block_mse forward reduction");
   });
-  check_launch("block_mse_fwd");
 }
 
 }  // namespace lrmil

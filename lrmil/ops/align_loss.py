@@ -8,43 +8,47 @@ requires grad). The definitions live in `lrmil.ops.reference`.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
-from lrmil.ops._ext import DTYPE_CODES, check_device_supported, lib, stream_of
-
-_FLOAT_DTYPES = tuple(DTYPE_CODES)
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _on_device(x: Tensor) -> contextlib.AbstractContextManager:
-    """Make x's GPU current so that its stream and the kernel launch agree."""
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
-
+from lrmil.ops._ext import (
+    DTYPE_CODES,
+    acc_dtype,
+    check_float,
+    check_same_device,
+    check_tensor,
+    lib,
+    on_device,
+    stream_of,
+)
 
 # ---- kernel calls (internal: the public functions below validate their inputs) ----
+
+
+def _cuda_scratch(x: Tensor, rows: int, d: int) -> Tensor:
+    """The CUDA forward's per-tile partial losses, (rows, tiles) from torch's allocator on the
+    current stream; empty on the CPU."""
+    if not x.is_cuda:
+        return x.new_empty(0, dtype=acc_dtype(x.dtype))
+    return x.new_empty(rows, lib().align_loss_cuda_tiles(d), dtype=acc_dtype(x.dtype))
 
 
 def _child_mse_fwd(s: Tensor, t: Tensor, weight: Tensor, with_mean: bool) -> tuple[Tensor, Tensor]:
     """(loss (N,), tbar (N, D)); weight is in the accumulation dtype. tbar, the weighted mean
     of the children that the gradient to s needs, is empty unless with_mean."""
     n, k, d = t.shape
-    acc = _acc_dtype(s.dtype)
+    acc = acc_dtype(s.dtype)
     loss = s.new_empty(n, dtype=acc)
     tbar = s.new_empty((n, d) if with_mean else (0,), dtype=acc)
-    with _on_device(s):
+    partial = _cuda_scratch(s, n, d)
+    with on_device(s):
         lib().child_mse_fwd(
             DTYPE_CODES[s.dtype], s.is_cuda, stream_of(s), (n, k, d),
             s.data_ptr(), s.stride(), t.data_ptr(), t.stride(),
             weight.data_ptr(), weight.stride(), loss.data_ptr(),
-            tbar.data_ptr() if with_mean else 0,
+            tbar.data_ptr() if with_mean else 0, partial.data_ptr(),
         )  # fmt: skip
     return loss, tbar
 
@@ -59,7 +63,7 @@ def _child_mse_bwd(
     ds = s.new_empty(n, d) if s_grad else s.new_empty(0)
     dt = s.new_empty(n, k, d) if t_grad else s.new_empty(0)
     grad = grad.to(tbar.dtype).contiguous()
-    with _on_device(s):
+    with on_device(s):
         lib().child_mse_bwd(
             DTYPE_CODES[s.dtype], s.is_cuda, stream_of(s), (n, k, d),
             s.data_ptr(), s.stride(), t.data_ptr(), t.stride() if t_grad else (0, 0, 0),
@@ -71,12 +75,13 @@ def _child_mse_bwd(
 
 def _block_mse_fwd(S: Tensor, t: Tensor, valid: Tensor, r: int) -> Tensor:  # noqa: N803
     n, g, _, d = S.shape
-    loss = S.new_empty(n, dtype=_acc_dtype(S.dtype))
-    with _on_device(S):
+    loss = S.new_empty(n, dtype=acc_dtype(S.dtype))
+    partial = _cuda_scratch(S, n * r * r, d)
+    with on_device(S):
         lib().block_mse_fwd(
             DTYPE_CODES[S.dtype], S.is_cuda, stream_of(S), (n, g, r, d),
             S.data_ptr(), S.stride(), t.data_ptr(), t.stride(),
-            valid.data_ptr(), valid.stride(), loss.data_ptr(),
+            valid.data_ptr(), valid.stride(), loss.data_ptr(), partial.data_ptr(),
         )  # fmt: skip
     return loss
 
@@ -93,8 +98,8 @@ def _block_mse_bwd(
     n, g, _, d = S.shape
     dS = torch.empty_like(S, memory_format=torch.contiguous_format)  # noqa: N806
     dt = S.new_empty(n, r * r, d) if t_grad else S.new_empty(0)
-    grad = grad.to(_acc_dtype(S.dtype)).contiguous()
-    with _on_device(S):
+    grad = grad.to(acc_dtype(S.dtype)).contiguous()
+    with on_device(S):
         lib().block_mse_bwd(
             DTYPE_CODES[S.dtype], S.is_cuda, stream_of(S), (n, g, r, d),
             S.data_ptr(), S.stride(), t.data_ptr(), t.stride(),
@@ -104,44 +109,7 @@ def _block_mse_bwd(
     return dS, dt
 
 
-# ---- eager autograd: a thin torch.autograd.Function (the custom-op machinery below costs
-# ~0.2 ms of Python per forward+backward, a third of a small call) ----
-
-
-class _ChildMse(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, s: Tensor, t: Tensor, weight: Tensor, with_mean: bool) -> Tensor:
-        loss, tbar = _child_mse_fwd(s, t, weight, with_mean)
-        ctx.s_grad, ctx.t_grad = with_mean, ctx.needs_input_grad[1]
-        ctx.save_for_backward(s, t if ctx.t_grad else None, weight, tbar)
-        return loss
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_loss: Tensor):
-        s, t, weight, tbar = ctx.saved_tensors
-        if t is None:  # t needs no grad and was not saved; the kernel does not read it then
-            t = s.new_empty(0, 0, 0)
-        ds, dt = _child_mse_bwd(grad_loss, s, t, weight, tbar, ctx.s_grad, ctx.t_grad)
-        return (ds if ctx.s_grad else None), (dt if ctx.t_grad else None), None, None
-
-
-class _BlockMse(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, S: Tensor, t: Tensor, valid: Tensor, r: int) -> Tensor:  # noqa: N803
-        ctx.r, ctx.t_grad = r, ctx.needs_input_grad[1]
-        ctx.save_for_backward(S, t, valid)
-        return _block_mse_fwd(S, t, valid, r)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_loss: Tensor):
-        S, t, valid = ctx.saved_tensors  # noqa: N806
-        dS, dt = _block_mse_bwd(grad_loss, S, t, valid, ctx.r, ctx.t_grad)  # noqa: N806
-        return dS, (dt if ctx.t_grad else None), None, None
-
-
-# ---- custom ops: what torch.compile and export see ----
+# ---- custom ops (what eager autograd, torch.compile and export all see) ----
 
 
 @torch.library.custom_op("lrmil::child_mse", mutates_args=())
@@ -151,7 +119,7 @@ def _child_mse(s: Tensor, t: Tensor, weight: Tensor, with_mean: bool) -> tuple[T
 
 @_child_mse.register_fake
 def _(s: Tensor, t: Tensor, weight: Tensor, with_mean: bool) -> tuple[Tensor, Tensor]:
-    acc = _acc_dtype(s.dtype)
+    acc = acc_dtype(s.dtype)
     n, _, d = t.shape
     return s.new_empty(n, dtype=acc), s.new_empty((n, d) if with_mean else (0,), dtype=acc)
 
@@ -164,13 +132,15 @@ def _child_mse_backward(
 
 
 @_child_mse_backward.register_fake
-def _(grad, s, t, weight, tbar, s_grad, t_grad):
+def _(
+    grad: Tensor, s: Tensor, t: Tensor, weight: Tensor, tbar: Tensor, s_grad: bool, t_grad: bool
+) -> tuple[Tensor, Tensor]:
     n, k = weight.shape
     d = s.shape[1]
     return s.new_empty((n, d) if s_grad else (0,)), s.new_empty((n, k, d) if t_grad else (0,))
 
 
-def _child_mse_setup(ctx, inputs, output) -> None:
+def _child_mse_setup(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
     s, t, weight, with_mean = inputs
     ctx.s_grad, ctx.t_grad = s.requires_grad and with_mean, t.requires_grad
     ctx.save_for_backward(s, t if ctx.t_grad else None, weight, output[1])
@@ -180,7 +150,9 @@ def _child_mse_setup(ctx, inputs, output) -> None:
     ctx.set_materialize_grads(False)
 
 
-def _child_mse_grad(ctx, grad_loss, _grad_tbar):
+def _child_mse_grad(
+    ctx, grad_loss: Tensor | None, _grad_tbar: Tensor | None
+) -> tuple[Tensor | None, ...]:
     if grad_loss is None:  # the loss did not reach the output (grads are not materialised)
         return None, None, None, None
     s, t, weight, tbar = ctx.saved_tensors
@@ -200,7 +172,7 @@ def _block_mse(S: Tensor, t: Tensor, valid: Tensor, r: int) -> Tensor:  # noqa: 
 
 @_block_mse.register_fake
 def _(S: Tensor, t: Tensor, valid: Tensor, r: int) -> Tensor:  # noqa: N803
-    return S.new_empty(S.shape[0], dtype=_acc_dtype(S.dtype))
+    return S.new_empty(S.shape[0], dtype=acc_dtype(S.dtype))
 
 
 @torch.library.custom_op("lrmil::block_mse_backward", mutates_args=())
@@ -216,18 +188,25 @@ def _block_mse_backward(
 
 
 @_block_mse_backward.register_fake
-def _(grad, S, t, valid, r, t_grad):  # noqa: N803
+def _(
+    grad: Tensor,
+    S: Tensor,
+    t: Tensor,
+    valid: Tensor,
+    r: int,
+    t_grad: bool,  # noqa: N803
+) -> tuple[Tensor, Tensor]:
     dt = S.new_empty(S.shape[0], r * r, S.shape[3]) if t_grad else S.new_empty(0)
     return torch.empty_like(S, memory_format=torch.contiguous_format), dt
 
 
-def _block_mse_setup(ctx, inputs, output) -> None:
+def _block_mse_setup(ctx, inputs: tuple, output: Tensor) -> None:
     S, t, valid, r = inputs  # noqa: N806
     ctx.r, ctx.t_grad = r, t.requires_grad
     ctx.save_for_backward(S, t, valid)
 
 
-def _block_mse_grad(ctx, grad_loss):
+def _block_mse_grad(ctx, grad_loss: Tensor) -> tuple[Tensor | None, ...]:
     S, t, valid = ctx.saved_tensors  # noqa: N806
     dS, dt = _block_mse_backward(grad_loss, S, t, valid, ctx.r, ctx.t_grad)  # noqa: N806
     return dS, (dt if ctx.t_grad else None), None, None
@@ -237,31 +216,6 @@ _block_mse.register_autograd(_block_mse_grad, setup_context=_block_mse_setup)
 
 
 # ---- validation ----
-
-
-def _check_tensor(op: str, name: str, x: object, ndim: int, layout: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{op}: {name} must be a torch.Tensor {layout}, got {type(x).__name__}")
-    if x.dim() != ndim:
-        raise ValueError(f"{op}: {name} must have shape {layout}, got {tuple(x.shape)}")
-    return x
-
-
-def _check_float(op: str, name: str, x: Tensor, like: Tensor | None = None) -> None:
-    if x.dtype not in _FLOAT_DTYPES:
-        raise ValueError(
-            f"{op}: {name} must be float32, float16, bfloat16 or float64, got {x.dtype}"
-        )
-    if like is not None and x.dtype != like.dtype:
-        raise ValueError(f"{op}: {name} has dtype {x.dtype} but the student has {like.dtype}")
-
-
-def _check_devices(op: str, **tensors: Tensor) -> None:
-    devices = {name: x.device for name, x in tensors.items()}
-    if len(set(devices.values())) > 1:
-        listed = ", ".join(f"{name} on {device}" for name, device in devices.items())
-        raise ValueError(f"{op}: tensors must be on one device, got {listed}")
-    check_device_supported(op, next(iter(tensors.values())))
 
 
 def _check_teacher(op: str, t: Tensor, n: int, k: int, d: int) -> None:
@@ -289,11 +243,11 @@ def child_mse(s: Tensor, t: Tensor, weight: Tensor) -> Tensor:
         requires grad, to t.
     """
     op = "child_mse"
-    _check_tensor(op, "s", s, 2, "(N, D)")
-    _check_tensor(op, "t", t, 3, "(N, K, D)")
-    _check_tensor(op, "weight", weight, 2, "(N, K)")
-    _check_float(op, "s", s)
-    _check_float(op, "t", t, like=s)
+    check_tensor(op, "s", s, 2, "(N, D)")
+    check_tensor(op, "t", t, 3, "(N, K, D)")
+    check_tensor(op, "weight", weight, 2, "(N, K)")
+    check_float(op, "s", s)
+    check_float(op, "t", t, like=("the student s", s))
     if not weight.dtype.is_floating_point:
         raise ValueError(f"{op}: weight must be a float tensor, got {weight.dtype}")
     n, d = s.shape
@@ -304,12 +258,10 @@ def child_mse(s: Tensor, t: Tensor, weight: Tensor) -> Tensor:
         raise ValueError(
             f"{op}: weight must have shape (N, K) = {tuple(t.shape[:2])}, got {tuple(weight.shape)}"
         )
-    _check_devices(op, s=s, t=t, weight=weight)
+    check_same_device(op, s=s, t=t, weight=weight)
     with_mean = torch.is_grad_enabled() and s.requires_grad
-    weight = weight.detach().to(_acc_dtype(s.dtype))
-    if torch.compiler.is_compiling():
-        return _child_mse(s, t, weight, with_mean)[0]
-    return _ChildMse.apply(s, t, weight, with_mean)
+    weight = weight.detach().to(acc_dtype(s.dtype))
+    return _child_mse(s, t, weight, with_mean)[0]
 
 
 def block_mse(S: Tensor, t: Tensor, valid: Tensor, r: int) -> Tensor:  # noqa: N803
@@ -328,11 +280,11 @@ def block_mse(S: Tensor, t: Tensor, valid: Tensor, r: int) -> Tensor:  # noqa: N
         to S and, when it requires grad, to t.
     """
     op = "block_mse"
-    _check_tensor(op, "S", S, 4, "(N, G, G, D)")
-    _check_tensor(op, "t", t, 3, "(N, K, D)")
-    _check_tensor(op, "valid", valid, 2, "(N, K)")
-    _check_float(op, "S", S)
-    _check_float(op, "t", t, like=S)
+    check_tensor(op, "S", S, 4, "(N, G, G, D)")
+    check_tensor(op, "t", t, 3, "(N, K, D)")
+    check_tensor(op, "valid", valid, 2, "(N, K)")
+    check_float(op, "S", S)
+    check_float(op, "t", t, like=("the student S", S))
     if isinstance(r, bool) or not isinstance(r, int) or r < 2:
         raise ValueError(f"{op}: r must be an integer >= 2, got {r!r}")
     n, g, g2, d = S.shape
@@ -349,10 +301,12 @@ def block_mse(S: Tensor, t: Tensor, valid: Tensor, r: int) -> Tensor:  # noqa: N
         raise ValueError(
             f"{op}: valid must have shape (N, K) = {(n, r * r)}, got {tuple(valid.shape)}"
         )
-    _check_devices(op, S=S, t=t, valid=valid)
-    if torch.compiler.is_compiling():
-        return _block_mse(S, t, valid, r)
-    return _BlockMse.apply(S, t, valid, r)
+    check_same_device(op, S=S, t=t, valid=valid)
+    if S.is_cuda and S.stride(3) != 1 and d > 1:
+        # A CNN's NCHW grid seen as NHWC: the GPU kernels' threads run along D, so they read
+        # a contiguous copy (coalesced) instead of one element per 32-byte sector.
+        S = S.contiguous()  # noqa: N806
+    return _block_mse(S, t, valid, r)
 
 
 class AlignmentLoss(nn.Module):
@@ -397,7 +351,7 @@ class AlignmentLoss(nn.Module):
             )
         if not isinstance(valid, Tensor) or valid.dtype != torch.bool:
             raise ValueError("AlignmentLoss: valid must be a bool tensor (N, K)")
-        acc = _acc_dtype(s.dtype)
+        acc = acc_dtype(s.dtype)
         mask = valid.to(acc)
         if attn is None:
             weight = mask

@@ -28,42 +28,81 @@ import torch
 from torch import Tensor, nn
 
 from lrmil.ops import _ext, reference
+from lrmil.ops._ext import acc_dtype
 
 __all__ = ["GatedAttentionPool", "gated_attention_pool"]
 
-_FLOAT_DTYPES = tuple(_ext.DTYPE_CODES)
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+OP = "gated_attention_pool"
+# Rows of a bag per chunk of the CUDA kernels (csrc/cuda/attention_pool_cuda.cuh, kChunkRows):
+# long bags are split into chunks reduced in a fixed order (flash-decoding style).
+CUDA_CHUNK_ROWS = 256
 
 
 def _unit_columns(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
 
-def _device_index(t: Tensor) -> int:
-    return -1 if t.device.type == "cpu" else t.device.index or 0
-
-
 def _check_offset_values(offsets: Tensor, n_rows: int) -> None:
-    """The data-dependent checks (they read offsets, so they run inside the op)."""
-    if offsets.device.type != "cpu":
-        offsets = offsets.cpu()  # B + 1 numbers; the CUDA kernels need them valid too
+    """The data-dependent checks (they read offsets, so they run inside the op). On the CPU
+    they raise ValueError; on a GPU they are device-side asserts queued on the stream (no host
+    sync, so CUDA-graph capture works), which fail the next synchronising call."""
+    if offsets.is_cuda:
+        steps = offsets[1:] - offsets[:-1]
+        ok = (offsets[0] == 0) & (offsets[-1] == n_rows) & (steps >= 0).all()
+        torch._assert_async(ok, f"{OP}: offsets must start at 0, end at T = {n_rows} and be "
+                                "non-decreasing")  # fmt: skip
+        return
     if int(offsets[0]) != 0:
-        raise ValueError(f"gated_attention_pool: offsets[0] must be 0, got {int(offsets[0])}")
+        raise ValueError(f"{OP}: offsets[0] must be 0, got {int(offsets[0])}")
     if int(offsets[-1]) != n_rows:
         raise ValueError(
-            f"gated_attention_pool: offsets[-1] must equal T = x.shape[0] = {n_rows}, "
-            f"got {int(offsets[-1])}"
+            f"{OP}: offsets[-1] must equal T = x.shape[0] = {n_rows}, got {int(offsets[-1])}"
         )
     steps = offsets[1:] - offsets[:-1]
     if bool((steps < 0).any()):
         bag = int(torch.nonzero(steps < 0)[0, 0])
         raise ValueError(
-            f"gated_attention_pool: offsets must be non-decreasing, but offsets[{bag + 1}] = "
+            f"{OP}: offsets must be non-decreasing, but offsets[{bag + 1}] = "
             f"{int(offsets[bag + 1])} < offsets[{bag}] = {int(offsets[bag])}"
         )
+
+
+def cuda_chunk_plan(offsets: Tensor, chunk_rows: int) -> Tensor:
+    """How the CUDA kernels split bags into chunks of at most chunk_rows rows, computed on the
+    offsets' device without a host sync: (2, B + 1) int64, the exclusive prefix sums over bags
+    of [the bag's chunks (at least 1: an empty bag still writes its zeros), the bag's
+    partial-sum slots (its chunk count when it has several, else 0: a one-chunk bag writes
+    pooled directly)]. Their totals never exceed the bounds the C++ side computes from the
+    shapes alone (`attention_pool_cuda_layout`), which size the grids and the workspace."""
+    lengths = offsets[1:] - offsets[:-1]
+    chunks = ((lengths + chunk_rows - 1) // chunk_rows).clamp_min(1)
+    slots = torch.where(chunks > 1, chunks, torch.zeros_like(chunks))
+    plan = torch.zeros(2, offsets.shape[0], dtype=torch.int64, device=offsets.device)
+    plan[0, 1:] = chunks.cumsum(0)
+    plan[1, 1:] = slots.cumsum(0)
+    return plan
+
+
+def _cuda_workspace(
+    x: Tensor, offsets: Tensor, hidden: int, backward: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """(chunk plan, scratch buffer) of a CUDA launch, both from torch's caching allocator on
+    the current stream; (None, None) on the CPU."""
+    if not x.is_cuda:
+        return None, None
+    layout = _ext.lib().attention_pool_cuda_layout(
+        x.shape[0], offsets.shape[0] - 1, hidden, x.shape[1], _ext.DTYPE_CODES[x.dtype], backward
+    )
+    plan = cuda_chunk_plan(offsets, layout["chunk_rows"])
+    return plan, torch.empty(layout["bytes"], dtype=torch.uint8, device=x.device)
+
+
+def _ptr(t: Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _nbytes(t: Tensor | None) -> int:
+    return 0 if t is None else t.nbytes
 
 
 @torch.library.custom_op("lrmil::gated_attention_pool", mutates_args=())
@@ -75,25 +114,30 @@ def _pool_op(
     proj, x = _unit_columns(proj), _unit_columns(x)
     w, b_w, offsets = w.contiguous(), b_w.contiguous(), offsets.contiguous()
     n_bags = offsets.shape[0] - 1
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     pooled = x.new_empty(n_bags, dim)
     attn = x.new_empty(n_rows, dtype=acc)
     logits = x.new_empty(n_rows, dtype=acc)
-    _ext.lib().attention_pool_forward(
-        n_rows=n_rows, n_bags=n_bags, hidden=w.shape[0], dim=dim,
-        dtype=_ext.DTYPE_CODES[x.dtype],
-        proj=proj.data_ptr(), proj_row_stride=proj.stride(0),
-        x=x.data_ptr(), x_row_stride=x.stride(0),
-        w=w.data_ptr(), b_w=b_w.data_ptr(), offsets=offsets.data_ptr(),
-        pooled=pooled.data_ptr(), attn=attn.data_ptr(), logits=logits.data_ptr(),
-        device=_device_index(x), stream=_ext.stream_of(x),
-    )  # fmt: skip
+    plan, workspace = _cuda_workspace(x, offsets, w.shape[0], backward=False)
+    with _ext.on_device(x):
+        _ext.lib().attention_pool_forward(
+            n_rows=n_rows, n_bags=n_bags, hidden=w.shape[0], dim=dim,
+            dtype=_ext.DTYPE_CODES[x.dtype],
+            proj=proj.data_ptr(), proj_row_stride=proj.stride(0),
+            x=x.data_ptr(), x_row_stride=x.stride(0),
+            w=w.data_ptr(), b_w=b_w.data_ptr(), offsets=offsets.data_ptr(),
+            pooled=pooled.data_ptr(), attn=attn.data_ptr(), logits=logits.data_ptr(),
+            cuda=x.is_cuda, stream=_ext.stream_of(x), plan=_ptr(plan),
+            workspace=_ptr(workspace), workspace_bytes=_nbytes(workspace),
+        )  # fmt: skip
     return pooled, attn, logits
 
 
 @_pool_op.register_fake
-def _(proj, x, w, b_w, offsets):
-    acc = _acc_dtype(x.dtype)
+def _(
+    proj: Tensor, x: Tensor, w: Tensor, b_w: Tensor, offsets: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    acc = acc_dtype(x.dtype)
     n_rows = x.shape[0]
     return (
         x.new_empty(offsets.shape[0] - 1, x.shape[1]),
@@ -103,14 +147,24 @@ def _(proj, x, w, b_w, offsets):
 
 
 def _launch_backward(
-    grad_pooled, grad_attn, grad_logits, proj, x, w, b_w, offsets, attn, need_grad_x, grad_proj
-):
+    grad_pooled: Tensor,
+    grad_attn: Tensor | None,
+    grad_logits: Tensor | None,
+    proj: Tensor,
+    x: Tensor,
+    w: Tensor,
+    b_w: Tensor,
+    offsets: Tensor,
+    attn: Tensor,
+    need_grad_x: bool,
+    grad_proj: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Runs the backward kernel, writing grad_proj into `grad_proj` (which may be proj itself:
     each element of proj is read before its gradient is written, by the same thread)."""
     proj, x = _unit_columns(proj), _unit_columns(x)
     # Gradients of sums arrive as expanded (stride 0) views; the kernel reads rows in place.
     grad_pooled = _unit_columns(grad_pooled.to(x.dtype))
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     grad_attn = None if grad_attn is None else grad_attn.to(acc).contiguous()
     grad_logits = None if grad_logits is None else grad_logits.to(acc).contiguous()
     w, b_w, offsets, attn = (
@@ -123,19 +177,21 @@ def _launch_backward(
     grad_x = x.new_empty(x.shape if need_grad_x else (0, dim))
     grad_w = torch.empty_like(w)
     grad_b_w = torch.empty_like(b_w)
-    _ext.lib().attention_pool_backward(
-        n_rows=n_rows, n_bags=offsets.shape[0] - 1, hidden=w.shape[0], dim=dim,
-        dtype=_ext.DTYPE_CODES[x.dtype],
-        proj=proj.data_ptr(), proj_row_stride=proj.stride(0),
-        x=x.data_ptr(), x_row_stride=x.stride(0),
-        w=w.data_ptr(), b_w=b_w.data_ptr(), offsets=offsets.data_ptr(), attn=attn.data_ptr(),
-        grad_pooled=grad_pooled.data_ptr(), grad_pooled_row_stride=grad_pooled.stride(0),
-        grad_attn=0 if grad_attn is None else grad_attn.data_ptr(),
-        grad_logits=0 if grad_logits is None else grad_logits.data_ptr(),
-        grad_proj=grad_proj.data_ptr(), grad_x=grad_x.data_ptr() if need_grad_x else 0,
-        grad_w=grad_w.data_ptr(), grad_b_w=grad_b_w.data_ptr(),
-        device=_device_index(x), stream=_ext.stream_of(x),
-    )  # fmt: skip
+    plan, workspace = _cuda_workspace(x, offsets, w.shape[0], backward=True)
+    with _ext.on_device(x):
+        _ext.lib().attention_pool_backward(
+            n_rows=n_rows, n_bags=offsets.shape[0] - 1, hidden=w.shape[0], dim=dim,
+            dtype=_ext.DTYPE_CODES[x.dtype],
+            proj=proj.data_ptr(), proj_row_stride=proj.stride(0),
+            x=x.data_ptr(), x_row_stride=x.stride(0),
+            w=w.data_ptr(), b_w=b_w.data_ptr(), offsets=offsets.data_ptr(), attn=attn.data_ptr(),
+            grad_pooled=grad_pooled.data_ptr(), grad_pooled_row_stride=grad_pooled.stride(0),
+            grad_attn=_ptr(grad_attn), grad_logits=_ptr(grad_logits),
+            grad_proj=grad_proj.data_ptr(), grad_x=grad_x.data_ptr() if need_grad_x else 0,
+            grad_w=grad_w.data_ptr(), grad_b_w=grad_b_w.data_ptr(),
+            cuda=x.is_cuda, stream=_ext.stream_of(x), plan=_ptr(plan),
+            workspace=_ptr(workspace), workspace_bytes=_nbytes(workspace),
+        )  # fmt: skip
     return grad_x, grad_w, grad_b_w
 
 
@@ -161,7 +217,18 @@ def _pool_backward_op(
 
 
 @_pool_backward_op.register_fake
-def _(grad_pooled, grad_attn, grad_logits, proj, x, w, b_w, offsets, attn, need_grad_x):
+def _(
+    grad_pooled: Tensor,
+    grad_attn: Tensor | None,
+    grad_logits: Tensor | None,
+    proj: Tensor,
+    x: Tensor,
+    w: Tensor,
+    b_w: Tensor,
+    offsets: Tensor,
+    attn: Tensor,
+    need_grad_x: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return (
         torch.empty(proj.shape, dtype=proj.dtype, device=proj.device),
         x.new_empty(x.shape if need_grad_x else (0, x.shape[1])),
@@ -186,14 +253,25 @@ def _pool_backward_inplace_op(
     """As gated_attention_pool_backward, but overwrites proj (contiguous) with its gradient:
     no second (T, 2L) buffer. Returns grad_x (empty unless need_grad_x), grad_w, grad_b_w."""
     if not proj.is_contiguous():
-        raise ValueError("gated_attention_pool_backward_: proj must be contiguous")
+        raise ValueError(f"{OP}_backward_: proj must be contiguous")
     return _launch_backward(
         grad_pooled, grad_attn, grad_logits, proj, x, w, b_w, offsets, attn, need_grad_x, proj
     )
 
 
 @_pool_backward_inplace_op.register_fake
-def _(grad_pooled, grad_attn, grad_logits, proj, x, w, b_w, offsets, attn, need_grad_x):
+def _(
+    grad_pooled: Tensor,
+    grad_attn: Tensor | None,
+    grad_logits: Tensor | None,
+    proj: Tensor,
+    x: Tensor,
+    w: Tensor,
+    b_w: Tensor,
+    offsets: Tensor,
+    attn: Tensor,
+    need_grad_x: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
     return (
         x.new_empty(x.shape if need_grad_x else (0, x.shape[1])),
         torch.empty_like(w),
@@ -201,12 +279,14 @@ def _(grad_pooled, grad_attn, grad_logits, proj, x, w, b_w, offsets, attn, need_
     )
 
 
-def _setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
     proj, x, w, b_w, offsets = inputs
     ctx.save_for_backward(proj, x, w, b_w, offsets, output[1])
 
 
-def _backward(ctx, grad_pooled, grad_attn, grad_logits):
+def _backward(
+    ctx, grad_pooled: Tensor, grad_attn: Tensor | None, grad_logits: Tensor | None
+) -> tuple[Tensor | None, ...]:
     proj, x, w, b_w, offsets, attn = ctx.saved_tensors
     need_grad_x = ctx.needs_input_grad[1]
     grad_proj, grad_x, grad_w, grad_b_w = _pool_backward_op(
@@ -218,62 +298,34 @@ def _backward(ctx, grad_pooled, grad_attn, grad_logits):
 torch.library.register_autograd(_pool_op, _backward, setup_context=_setup_context)
 
 
-def _check_args(proj, x, w, b_w, offsets) -> None:
+def _check_args(proj: Tensor, x: Tensor, w: Tensor, b_w: Tensor, offsets: Tensor) -> None:
     """Metadata checks (shapes, dtypes, devices): cheap and traceable by torch.compile."""
-    for name, value in (("proj", proj), ("x", x), ("w", w), ("b_w", b_w), ("offsets", offsets)):
-        if not isinstance(value, Tensor):
-            raise TypeError(
-                f"gated_attention_pool: {name} must be a torch.Tensor, got {type(value)}"
-            )
-    if x.dim() != 2:
-        raise ValueError(f"gated_attention_pool: x must be (T, D), got shape {tuple(x.shape)}")
-    if proj.dim() != 2:
-        raise ValueError(
-            f"gated_attention_pool: proj must be (T, 2L), got shape {tuple(proj.shape)}"
-        )
-    if w.dim() != 1 or w.shape[0] == 0:
-        raise ValueError(
-            f"gated_attention_pool: w must be (L,) with L >= 1, got shape {tuple(w.shape)}"
-        )
-    if b_w.numel() != 1:
-        raise ValueError(
-            f"gated_attention_pool: b_w must be a scalar tensor, got shape {tuple(b_w.shape)}"
-        )
-    if offsets.dim() != 1 or offsets.shape[0] == 0:
-        raise ValueError(
-            f"gated_attention_pool: offsets must be (B + 1,), got shape {tuple(offsets.shape)}"
-        )
+    _ext.check_tensor(OP, "x", x, 2, "(T, D)")
+    _ext.check_tensor(OP, "proj", proj, 2, "(T, 2L)")
+    _ext.check_tensor(OP, "w", w, 1, "(L,)")
+    if not isinstance(b_w, Tensor) or b_w.numel() != 1:
+        got = tuple(b_w.shape) if isinstance(b_w, Tensor) else type(b_w).__name__
+        raise ValueError(f"{OP}: b_w must be a scalar tensor (), got {got}")
+    _ext.check_tensor(OP, "offsets", offsets, 1, "(B + 1,)")
+    if w.shape[0] == 0:
+        raise ValueError(f"{OP}: w must be (L,) with L >= 1, got shape {tuple(w.shape)}")
+    if offsets.shape[0] == 0:
+        raise ValueError(f"{OP}: offsets must be (B + 1,) with B >= 0, got shape (0,)")
     if proj.shape[0] != x.shape[0] or proj.shape[1] != 2 * w.shape[0]:
         raise ValueError(
-            f"gated_attention_pool: proj must be (T, 2L) = ({x.shape[0]}, {2 * w.shape[0]}) for "
+            f"{OP}: proj must be (T, 2L) = ({x.shape[0]}, {2 * w.shape[0]}) for "
             f"x {tuple(x.shape)} and w {tuple(w.shape)}, got {tuple(proj.shape)}"
         )
     if x.shape[1] == 0:
-        raise ValueError(f"gated_attention_pool: x must have D >= 1 columns, got {tuple(x.shape)}")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise ValueError(
-            f"gated_attention_pool: x must be float32, float16, bfloat16 or float64, got {x.dtype}"
-        )
-    if proj.dtype != x.dtype:
-        raise ValueError(
-            f"gated_attention_pool: proj ({proj.dtype}) and x ({x.dtype}) must have the same dtype"
-        )
+        raise ValueError(f"{OP}: x must have D >= 1 columns, got {tuple(x.shape)}")
+    _ext.check_float(OP, "x", x)
+    _ext.check_float(OP, "proj", proj, like=("x", x))
     for name, value in (("w", w), ("b_w", b_w)):
         if not value.dtype.is_floating_point:
-            raise ValueError(
-                f"gated_attention_pool: {name} must be floating point, got {value.dtype}"
-            )
+            raise ValueError(f"{OP}: {name} must be floating point, got {value.dtype}")
     if offsets.dtype not in (torch.int64, torch.int32):
-        raise ValueError(
-            f"gated_attention_pool: offsets must be int64 (or int32), got {offsets.dtype}"
-        )
-    for name, value in (("proj", proj), ("w", w), ("b_w", b_w), ("offsets", offsets)):
-        if value.device != x.device:
-            raise ValueError(
-                f"gated_attention_pool: all tensors must be on one device; x is on {x.device} "
-                f"but {name} is on {value.device}"
-            )
-    _ext.check_device_supported("gated_attention_pool", x)
+        raise ValueError(f"{OP}: offsets must be int64 (or int32), got {offsets.dtype}")
+    _ext.check_same_device(OP, x=x, proj=proj, w=w, b_w=b_w, offsets=offsets)
 
 
 def gated_attention_pool(
@@ -295,7 +347,7 @@ def gated_attention_pool(
         Differentiable with respect to proj, x, w and b_w.
     """
     _check_args(proj, x, w, b_w, offsets)
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     return _pool_op(proj, x, w.to(acc), b_w.to(acc).reshape(()), offsets.to(torch.int64))
 
 
@@ -377,7 +429,7 @@ class GatedAttentionPool(nn.Module):
         # proj is made inside from x: check the rest with a zero-copy stand-in of its shape.
         proj_like = x.new_empty(1, 1).expand(x.shape[0], 2 * self.hidden)
         _check_args(proj_like, x, self.w, self.b_w, offsets)
-        acc = _acc_dtype(x.dtype)
+        acc = acc_dtype(x.dtype)
         w, b_w = self.w.to(acc), self.b_w.to(acc).reshape(())
         return _GatedAttentionLayer.apply(
             x, self.gate.weight, self.gate.bias, w, b_w, offsets.to(torch.int64)

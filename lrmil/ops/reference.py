@@ -6,6 +6,8 @@ every intermediate: use the fused ops in lrmil.ops for speed and memory.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -58,25 +60,34 @@ def gated_attention_pool_padded(
     w: torch.Tensor,
     b_w: torch.Tensor,
     offsets: torch.Tensor,
+    longest: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The usual eager formulation: pad bags to the longest, mask, softmax, batched matmul.
+    """The usual batched formulation: gather the bags into a padded (B, M, D) batch with a
+    mask, softmax, batched matmul. A baseline for the benchmarks.
 
-    Same results as `gated_attention_pool` (fp32 inputs); a baseline for the benchmarks.
+    `longest` (M, the longest bag) is read from offsets when not given; a data loader knows it,
+    and passing it keeps the function free of data-dependent shapes (torch.compile). Same
+    results as `gated_attention_pool` for fp32 inputs.
     """
     offsets = offsets.to(torch.int64)
-    n_bags = offsets.shape[0] - 1
-    lengths = offsets[1:] - offsets[:-1]
-    longest = int(lengths.max()) if n_bags else 0
+    n_rows, n_bags = x.shape[0], offsets.shape[0] - 1
+    starts, lengths = offsets[:-1], offsets[1:] - offsets[:-1]
+    if longest is None:
+        longest = int(lengths.max()) if n_bags else 0
+    logits = gate_logits(proj, w, b_w)
+    if n_rows == 0:
+        return x.new_zeros(n_bags, x.shape[1]), logits.new_zeros(0), logits
     positions = torch.arange(longest, device=x.device)
     mask = positions[None, :] < lengths[:, None]
-    logits = gate_logits(proj, w, b_w)
-    padded_logits = logits.new_full((n_bags, longest), float("-inf"))
-    padded_logits[mask] = logits
-    padded_x = x.new_zeros(n_bags, longest, x.shape[1])
-    padded_x[mask] = x
-    attn = torch.softmax(padded_logits, dim=1).nan_to_num(0.0)
-    pooled = torch.bmm(attn[:, None, :], padded_x)[:, 0]
-    return pooled, attn[mask], logits
+    rows = (starts[:, None] + positions[None, :]).clamp(max=n_rows - 1)
+    padded_logits = logits[rows].masked_fill(~mask, float("-inf"))
+    padded_x = x[rows] * mask[..., None].to(x.dtype)
+    attn = torch.softmax(padded_logits, dim=1).nan_to_num(0.0)  # empty bags: all -inf
+    pooled = torch.bmm(attn[:, None, :].to(x.dtype), padded_x)[:, 0]
+    # Row t of the packed batch sits at (its bag, t - the bag's start) of the padded one.
+    packed = torch.arange(n_rows, device=x.device)
+    bag_of = torch.searchsorted(offsets, packed, right=True) - 1
+    return pooled, attn[bag_of, packed - starts[bag_of]], logits
 
 
 def gated_attention_pool_loop(
@@ -85,9 +96,14 @@ def gated_attention_pool_loop(
     w: torch.Tensor,
     b_w: torch.Tensor,
     offsets: torch.Tensor,
+    bounds: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CLAM-style: one bag at a time in a Python loop. A baseline for the benchmarks."""
-    bounds = offsets.tolist()
+    """CLAM-style: one bag at a time in a Python loop. A baseline for the benchmarks.
+
+    `bounds` are the offsets as Python ints (read from offsets when not given); torch.compile
+    then unrolls the loop for them.
+    """
+    bounds = offsets.tolist() if bounds is None else bounds
     pooled, attns, logits = [], [], []
     for start, end in zip(bounds[:-1], bounds[1:], strict=True):
         e = gate_logits(proj[start:end], w, b_w)

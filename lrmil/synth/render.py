@@ -15,8 +15,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lrmil import _C
+from lrmil._native import lib
 from lrmil.synth.scene import Scene
+
+_C = lib()  # the compiled core, or a clear "not built" error
 
 _KINDS = ("focus", "lymph", "nest")  # region kind codes of the compiled renderer
 # The compiled renderer's population order (its site hash keys on the index).

@@ -22,7 +22,9 @@ import imagecodecs
 import numpy as np
 import tifffile
 
-from lrmil import _C
+from lrmil._native import lib
+
+_C = lib()  # the compiled core, or a clear "not built" error
 
 # render(x0, y0, width, height) -> (height, width, 3) uint8, the level-0 pixels of that box.
 RenderFn = Callable[[int, int, int, int], np.ndarray]

@@ -16,7 +16,7 @@ pytestmark = [
 ]
 
 needs_kernels = pytest.mark.skipif(
-    torch.cuda.is_available() and not _ext.cuda_compiled(),
+    torch.cuda.is_available() and not _ext.CUDA_COMPILED,
     reason="lrmil was built without CUDA kernels",
 )
 
@@ -43,7 +43,7 @@ def _compare(got, want, grads_got, grads_want, tol):
 
 
 def test_cuda_tensors_need_a_cuda_build(monkeypatch):
-    monkeypatch.setattr(_ext, "cuda_compiled", lambda: False)
+    monkeypatch.setattr(_ext, "CUDA_COMPILED", False)
     s, t = _rand(2, 3), _rand(2, 4, 3)
     with pytest.raises(EnvironmentMissingError, match="child_mse: got CUDA tensors"):
         child_mse(s, t, torch.ones(2, 4, device="cuda"))
@@ -138,3 +138,88 @@ def test_alignment_loss_and_opcheck():
     _compare(got, want, torch.autograd.grad(got, s), torch.autograd.grad(want, s), 1e-5)
     torch.library.opcheck(torch.ops.lrmil.child_mse.default, (s, t, attn, True))
     torch.library.opcheck(torch.ops.lrmil.block_mse.default, (grids[0], t, valid, 4))
+
+
+@needs_kernels
+def test_zero_weight_and_invalid_children_are_not_read():
+    s, t = _rand(5, 300, grad=True), _rand(5, 16, 300, seed=1, grad=True)
+    w = torch.rand(5, 16, device="cuda")
+    w[:, 3] = 0
+    grid, valid = _rand(5, 8, 8, 300, seed=2, grad=True), _mask(5, 16)
+    valid[:, 3] = False
+    with torch.no_grad():
+        t[:, 3] = float("nan")
+    loss = child_mse(s, t, w) + block_mse(grid, t, valid, 4)
+    loss.sum().backward()
+    for name, x in (("loss", loss), ("ds", s.grad), ("dS", grid.grad), ("dt", t.grad)):
+        assert torch.isfinite(x).all(), name
+    assert t.grad[:, 3].abs().max() == 0
+
+
+@needs_kernels
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW-view"])
+def test_many_rows_and_cnn_layouts(layout):
+    """N > 65,535 rows (grid x), and a CNN's NCHW grid seen as NHWC (copied to contiguous)."""
+    n, g, d = 70_000, 4, 24
+    grid = (
+        _rand(n, g, g, d, seed=4)
+        if layout == "NHWC"
+        else _rand(n, d, g, g, seed=4).permute(0, 2, 3, 1)
+    )
+    grid.requires_grad_()
+    t, valid = _rand(n, 4, d, seed=1), _mask(n, 4)
+    got, want = block_mse(grid, t, valid, 2), ref.block_mse(grid, t, valid, 2)
+    _compare(got, want, _grads(got, (grid,)), _grads(want, (grid,)), 1e-5)
+    s, w = _rand(n, d, grad=True), torch.rand(n, 4, device="cuda")
+    got, want = child_mse(s, t, w), ref.child_mse(s, t, w)
+    _compare(got, want, _grads(got, (s,)), _grads(want, (s,)), 1e-5)
+
+
+@needs_kernels
+@pytest.mark.slow
+def test_tensors_past_two_to_the_31_elements():
+    """N K D > 2^31 (bf16): the last rows sit past element 2^31 (int64 indexing)."""
+    s, t = (
+        _rand(180_000, 768, dtype=torch.bfloat16, grad=True),
+        _rand(180_000, 16, 768, dtype=torch.bfloat16, seed=1),
+    )
+    w = torch.rand(180_000, 16, device="cuda")
+    loss = child_mse(s, t, w)
+    assert_close_report(
+        loss[-100:], ref.child_mse(s[-100:].detach(), t[-100:], w[-100:]), rtol=1e-2, atol=1e-3
+    )
+    loss[-1].backward()
+    last = s.detach()[-1:].float().requires_grad_()
+    ref.child_mse(last, t[-1:], w[-1:]).sum().backward()
+    assert_close_report(s.grad[-1].float(), last.grad[0], rtol=2e-2, atol=1e-4, name="ds last row")
+    assert s.grad[:-1].abs().max() == 0
+
+
+@needs_kernels
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs a second GPU")
+def test_second_device_and_current_device_restored():
+    torch.cuda.set_device(0)
+    s, t = _rand(37, 300).to("cuda:1").requires_grad_(), _rand(37, 16, 300, seed=1).to("cuda:1")
+    w = torch.rand(37, 16, device="cuda:1")
+    got, want = child_mse(s, t, w), ref.child_mse(s, t, w)
+    assert torch.cuda.current_device() == 0 and got.device == torch.device("cuda", 1)
+    _compare(got, want, _grads(got, (s,)), _grads(want, (s,)), 1e-5)
+
+
+@needs_kernels
+def test_torch_compile_fullgraph_on_cuda():
+    s, t = _rand(64, 300, grad=True), _rand(64, 16, 300, seed=1)
+    grid, valid, w = (
+        _rand(64, 8, 8, 300, seed=2, grad=True),
+        _mask(64, 16),
+        torch.rand(64, 16, device="cuda"),
+    )
+
+    @torch.compile(fullgraph=True)
+    def loss(s, grid):
+        return (child_mse(s, t, w) + block_mse(grid, t, valid, 4)).sum()
+
+    got = torch.autograd.grad(loss(s, grid), (s, grid))
+    want = torch.autograd.grad((child_mse(s, t, w) + block_mse(grid, t, valid, 4)).sum(), (s, grid))
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)

@@ -33,6 +33,7 @@ struct ChildMseParams {
   void* ds = nullptr;          // (N, D) storage dtype, contiguous; null when s needs no grad
   void* dt = nullptr;          // (N, K, D) storage dtype, contiguous; null when t needs no grad
   DType dtype = DType::Float32;
+  void* partial = nullptr;  // CUDA forward: (N, tiles) scratch in the accumulation dtype
 };
 
 struct BlockMseParams {
@@ -49,7 +50,19 @@ struct BlockMseParams {
   void* dS = nullptr;          // (N, G, G, D) storage dtype, contiguous
   void* dt = nullptr;          // (N, K, D) storage dtype, contiguous; null when t needs no grad
   DType dtype = DType::Float32;
+  void* partial = nullptr;  // CUDA forward: (N, K, tiles) scratch in the accumulation dtype
 };
+
+// CUDA grids: (row, feature tile) for child_mse, (row, child x feature tile) for block_mse; a
+// tile is kCudaAlignThreads threads of kCudaAlignRun consecutive features (16-byte loads).
+// The forward's per-tile partial losses go to a scratch buffer (Python allocates it from
+// torch: `cuda_align_tiles(D)` tiles per row, or per row and child) and are added per row in
+// tile order (deterministic).
+constexpr int64_t kCudaAlignThreads = 32;
+constexpr int64_t kCudaAlignRun = 8;
+constexpr int64_t kCudaAlignTile = kCudaAlignThreads * kCudaAlignRun;
+
+LRMIL_HD int64_t cuda_align_tiles(int64_t d) { return (d + kCudaAlignTile - 1) / kCudaAlignTile; }
 
 // ---- per-row scalars ----
 

@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 
 #include "lrmil/common.h"
 
@@ -47,12 +49,78 @@ struct AttentionPoolParams {
   const void* grad_logits = nullptr;
 
   // Backward outputs (contiguous): grad_proj (T, 2L), grad_x (T, D) in dtype; grad_w (L,) and
-  // grad_b_w () in acc_t.
+  // grad_b_w () in acc_t. grad_proj may be proj itself (the training layer's in-place backward).
   void* grad_proj = nullptr;
   void* grad_x = nullptr;
   void* grad_w = nullptr;
   void* grad_b_w = nullptr;
+
+  // CUDA only, both from torch's allocator on the launch stream: the chunk plan (2, B + 1)
+  // int64 of lrmil/ops/attention_pool.py's cuda_chunk_plan, and scratch of
+  // cuda_pool_layout(...).bytes bytes.
+  const int64_t* plan = nullptr;
+  void* workspace = nullptr;
+  int64_t workspace_bytes = 0;
 };
+
+// ---- CUDA launch plan (host code, in every build so that the CPU tests check it) ----
+//
+// Bags are split into chunks of at most kCudaChunkRows rows (flash-decoding style): a block
+// per chunk computes partial softmax statistics and partial pooled sums, combined per bag in
+// chunk order (deterministic). Chunk counts per bag come from the plan (device prefix sums);
+// the grids and the workspace are sized by bounds that depend on the shapes alone:
+//   chunks <= ceil(T / C) + B (a bag of n rows has max(1, ceil(n / C)) <= n / C + 1 chunks),
+//   slots  <= 2 ceil(T / C)   (only bags longer than C keep partial sums, ceil(n / C) < 2n / C).
+constexpr int64_t kCudaChunkRows = 256;
+// The gate backward runs on (row block, hidden tile) grids: rows per block, hidden units per
+// tile (one thread each: no shared memory, so no limit on the hidden size).
+constexpr int64_t kCudaGateRows = 128;
+constexpr int64_t kCudaHiddenTile = 128;
+constexpr int64_t kCudaMaxGridY = 65535;
+
+struct CudaPoolLayout {
+  int64_t chunk_rows = kCudaChunkRows;
+  int64_t max_chunks = 0;   // grid of the per-chunk kernels
+  int64_t max_slots = 0;    // partial pooled sums (rows of D accumulators)
+  int64_t gate_blocks = 0;  // row blocks of the gate backward
+  int64_t hidden_tiles = 0;
+  // Byte offsets into the workspace (each 256-byte aligned) and its size.
+  int64_t chunk_stats = 0;  // forward: max, sum per chunk; backward: the dot per chunk
+  int64_t bag_stats = 0;    // forward: shift, 1 / sum per bag; backward: the dot per bag
+  int64_t partial = 0;      // forward: max_slots x D; backward: gate_blocks x (L + 1)
+  int64_t grad_logit = 0;   // backward: T
+  int64_t bytes = 0;
+};
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+inline int64_t align256(int64_t bytes) { return ceil_div(bytes, 256) * 256; }
+
+// acc_bytes: 4 (fp32 accumulation) or 8 (fp64).
+inline CudaPoolLayout cuda_pool_layout(int64_t n_rows, int64_t n_bags, int64_t hidden, int64_t dim,
+                                       int64_t acc_bytes, bool backward) {
+  CudaPoolLayout l;
+  const int64_t whole = ceil_div(n_rows, l.chunk_rows);
+  l.max_chunks = whole + n_bags;
+  l.max_slots = 2 * whole;
+  l.gate_blocks = ceil_div(n_rows, kCudaGateRows);
+  l.hidden_tiles = ceil_div(hidden, kCudaHiddenTile);
+  if (l.hidden_tiles > kCudaMaxGridY) {
+    throw std::invalid_argument("gated_attention_pool (CUDA): hidden size " + std::to_string(hidden) +
+                                " needs more than 65535 tiles of " + std::to_string(kCudaHiddenTile));
+  }
+  int64_t at = 0;
+  l.chunk_stats = at;
+  at += align256(2 * l.max_chunks * acc_bytes);
+  l.bag_stats = at;
+  at += align256(2 * n_bags * acc_bytes);
+  l.partial = at;
+  at += align256((backward ? l.gate_blocks * (hidden + 1) : l.max_slots * dim) * acc_bytes);
+  l.grad_logit = at;
+  at += backward ? align256(n_rows * acc_bytes) : 0;
+  l.bytes = at;
+  return l;
+}
 
 // exp in fp32 without library calls or branches, so that loops over the hidden units vectorise
 // (libm's expf does not): Cephes' range reduction and polynomial, ~2 ulp. The argument is
@@ -67,12 +135,11 @@ LRMIL_HD float exp2_int(int32_t n) {
 #endif
 }
 
+// Compare-and-select, not fminf / fmaxf: those return the other operand for a NaN, which would
+// turn a NaN logit into a finite weight; here NaN stays NaN (as in the CPU path and torch).
 LRMIL_HD float clamp_exp_arg(float v) {
-#if defined(__CUDA_ARCH__)
-  return fminf(fmaxf(v, -87.3f), 88.3f);
-#else
-  return std::min(std::max(v, -87.3f), 88.3f);
-#endif
+  v = v < -87.3f ? -87.3f : v;
+  return v > 88.3f ? 88.3f : v;
 }
 
 LRMIL_HD float exp_approx(float v) {
@@ -142,8 +209,10 @@ LRMIL_HD int64_t bag_of_row(const int64_t* offsets, int64_t n_bags, int64_t t) {
 void attention_pool_forward_cpu(const AttentionPoolParams& p);
 void attention_pool_backward_cpu(const AttentionPoolParams& p);
 #if defined(LRMIL_WITH_CUDA)
-void attention_pool_forward_cuda(const AttentionPoolParams& p, int device, void* stream);
-void attention_pool_backward_cuda(const AttentionPoolParams& p, int device, void* stream);
+// The caller makes the tensors' device current (torch.cuda.device in Python) and passes torch's
+// current stream there; these never change the current device.
+void attention_pool_forward_cuda(const AttentionPoolParams& p, void* stream);
+void attention_pool_backward_cuda(const AttentionPoolParams& p, void* stream);
 #endif
 
 }  // namespace lrmil
