@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from lrmil.cli._common import known_errors
 from lrmil.cli.main import app
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @app.command()
@@ -23,7 +28,7 @@ def distill(
     ] = None,
     overrides: Annotated[
         list[str] | None,
-        typer.Argument(help="Dotted settings, e.g. folds=3 stage1.mode=adapter kd.lambda_bag=0.5",
+        typer.Argument(help="Dotted settings, e.g. folds=3 stage1.mode=adapter data.cache_gb=0",
                        show_default=False),
     ] = None,
 ) -> None:
@@ -34,16 +39,42 @@ def distill(
         from rich.table import Table
 
         from lrmil.distill import load_config, run
-        from lrmil.distill.progress import step_spinner
         from lrmil.distill.report import SUMMARY_HEADER, summary_rows
 
         cfg = load_config(config, overrides, features=str(features), labels=str(labels),
                           out=str(out), tiled=None if tiled is None else str(tiled))
         console = Console()
         with step_spinner(console) as on_step:
-            report = run(cfg, on_step=on_step)
+            report = run(cfg, on_step=on_step, on_note=console.print)
         table = Table(*SUMMARY_HEADER, title=f"{len(report['folds'])}-fold test metrics")
         for row in summary_rows(report):
             table.add_row(*row)
         console.print(table)
         console.print(f"written: {out / 'metrics.json'}, {out / 'report.md'}, {out / 'roc.png'}")
+
+
+@contextlib.contextmanager
+def step_spinner(console: Console) -> Iterator[Callable]:
+    """An `on_step` hook for `lrmil.distill.run`: one line per step with its epoch, loss and
+    validation AUC."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+
+        @contextlib.contextmanager
+        def on_step(description: str) -> Iterator[Callable[[int, dict], None]]:
+            task = progress.add_task(description, total=None, stats="")
+
+            def tick(epoch: int, stats: dict[str, float]) -> None:
+                progress.update(task, stats=f"epoch {epoch} loss {stats['loss']:.3f} "
+                                            f"val AUC {stats['val_auc']:.3f}")
+
+            try:
+                yield tick
+            finally:
+                progress.update(task, total=1, completed=1)
+                progress.stop_task(task)
+
+        yield on_step

@@ -38,7 +38,7 @@ class Features:
         return len(self.features)
 
 
-def _plain(value: Any) -> Any:
+def attr_value(value: Any) -> Any:
     """h5py attribute values -> plain Python (bytes -> str, 0-d arrays -> scalars)."""
     if isinstance(value, bytes):
         return value.decode()
@@ -71,7 +71,7 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
     """The root attrs of a features file, or {} if it cannot be read (resume checks)."""
     try:
         with h5py.File(path, "r") as f:
-            return {k: _plain(v) for k, v in f.attrs.items()}
+            return {k: attr_value(v) for k, v in f.attrs.items()}
     except OSError:
         return {}
 
@@ -101,7 +101,7 @@ def read_features(
                 )
             attrs = {}
             for obj in (f["coords"], f["features"], f):  # TRIDENT/CLAM keep attrs on datasets
-                attrs.update({k: _plain(v) for k, v in obj.attrs.items()})
+                attrs.update({k: attr_value(v) for k, v in obj.attrs.items()})
             features = np.asarray(f["features"][()], dtype=np.float32)
             coords = np.asarray(f["coords"][()]).astype(np.int64)
             parent = f["parent"][()].astype(np.int64) if "parent" in f else None

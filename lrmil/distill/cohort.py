@@ -1,42 +1,55 @@
-"""The cohort a run trains on: labels, and every slide's LR and HR features, checked up front so
-that bad input stops the run with one clear message before any training."""
+"""The cohort a run trains on: labels, and where every slide's LR and HR features are.
+
+Nothing here holds features: `load_cohort` checks, from the files' metadata (and each slide's
+small `parent` / `child` index arrays), everything that would otherwise stop a run half way,
+before anything is written or trained: every labelled slide has LR and HR features, one
+embedding size per magnification (a slide of another size is named), one encoder identity
+(name and weights digest, the slides of a second one are named), HR rows linked to existing LR
+patches; and it names the slides that have features but no label instead of dropping them
+silently. Values are checked (NaN/inf) where they are read, by the feature store.
+"""
 
 from __future__ import annotations
 
 import csv
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import torch
-
+from lrmil.data.store import ArrayKey, FeatureStore, FileInfo
 from lrmil.errors import ConfigError, FileFormatError
 
 
-@dataclass
-class SlideFeatures:
+@dataclass(frozen=True)
+class Slide:
     name: str
     label: int
     patient: str
-    lr: torch.Tensor  # (N, D_lr) float32
-    lr_coords: np.ndarray  # (N, 2) level-0 top-left of the LR patches
-    hr: torch.Tensor  # (M, D_hr) float32, the valid children only
-    parent: torch.Tensor  # (M,) int64, LR patch of each HR patch
-    child: torch.Tensor  # (M,) int64, k = v*r + u within the parent
-    hr_layers: dict[str, torch.Tensor] = field(default_factory=dict)  # {layer: (M, C_l)}
+    lr_path: str  # FEAT/lr/<slide>.h5
+    hr_path: str  # FEAT/hr/<slide>.h5
+    n_lr: int  # LR patches
+    n_hr: int  # valid HR children
+    hr_itemsize: int  # bytes per stored HR value (2: float16, 4: float32)
+    layers: frozenset[str] = frozenset()  # per-layer HR embeddings the HR file holds
     coords_path: str | None = None  # the coords file the LR features were embedded from
 
 
 @dataclass
 class Cohort:
-    slides: dict[str, SlideFeatures]
+    slides: dict[str, Slide]
     class_names: list[str]
     lr_encoder: str
     hr_encoder: str
     r: int  # children per side of an LR patch (K = r * r)
+    lr_dim: int
+    hr_dim: int
+    store: FeatureStore
+    layer_dims: dict[str, int] = field(default_factory=dict)  # {layer: C_l} over the HR files
     encoder_seed: int = 0  # the seed the LR encoder was built with (built-ins), from the attrs
     lr_attrs: dict = field(default_factory=dict)  # attrs of an LR features file (patch size...)
+    unlabelled: list[str] = field(default_factory=list)  # slides with features but no label
 
     @property
     def names(self) -> list[str]:
@@ -44,6 +57,39 @@ class Cohort:
 
     def label_of(self) -> dict[str, int]:
         return {name: s.label for name, s in self.slides.items()}
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{class: {"slides": n, "patients": n}}."""
+        slides = Counter(s.label for s in self.slides.values())
+        patients = Counter(label for label, _ in {(s.label, s.patient)
+                                                  for s in self.slides.values()})
+        return {name: {"slides": slides[c], "patients": patients[c]}
+                for c, name in enumerate(self.class_names)}
+
+    def summary(self) -> dict[str, Any]:
+        """What the report says about the cohort."""
+        return {"counts": self.counts(), "slides": len(self.slides),
+                "patients": len({s.patient for s in self.slides.values()}),
+                "unlabelled": self.unlabelled}
+
+    # Where each array of a slide is (read them with `cohort.store`).
+    def lr(self, name: str) -> ArrayKey:
+        return (self.slides[name].lr_path, "features")
+
+    def lr_coords(self, name: str) -> ArrayKey:
+        return (self.slides[name].lr_path, "coords")
+
+    def hr(self, name: str) -> ArrayKey:
+        return (self.slides[name].hr_path, "features")
+
+    def parent(self, name: str) -> ArrayKey:
+        return (self.slides[name].hr_path, "parent")
+
+    def child(self, name: str) -> ArrayKey:
+        return (self.slides[name].hr_path, "child")
+
+    def layer(self, name: str, layer: str) -> ArrayKey:
+        return (self.slides[name].hr_path, f"layers/{layer}")
 
 
 def read_labels(path: Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -82,10 +128,11 @@ def class_names_of(labels: dict[str, str], path: Path) -> list[str]:
     return sorted(names)
 
 
-def load_cohort(features_dir: Path, labels_csv: Path) -> Cohort:
-    """Read `FEAT/lr/<slide>.h5` and `FEAT/hr/<slide>.h5` for every slide of the labels CSV."""
-    from lrmil.data import read_features
-
+def load_cohort(features_dir: Path, labels_csv: Path, store: FeatureStore | None = None
+                ) -> Cohort:
+    """Every labelled slide's `FEAT/lr/<slide>.h5` and `FEAT/hr/<slide>.h5`, checked (module
+    doc); `store` reads them later (default: one without a cache)."""
+    store = store or FeatureStore()
     labels, patients = read_labels(labels_csv)
     class_names = class_names_of(labels, labels_csv)
     lr_dir, hr_dir = features_dir / "lr", features_dir / "hr"
@@ -93,68 +140,132 @@ def load_cohort(features_dir: Path, labels_csv: Path) -> Cohort:
         if not folder.is_dir():
             raise FileFormatError(f"features folder {folder} does not exist (expected "
                                   f"{features_dir}/lr and {features_dir}/hr from lrmil embed)")
-    unknown = [s for s in labels if not (lr_dir / f"{s}.h5").exists()
-               and not (hr_dir / f"{s}.h5").exists()]
+    on_disk = {p.stem for folder in (lr_dir, hr_dir) for p in folder.glob("*.h5")}
+    unknown = sorted(s for s in labels if s not in on_disk)
     if unknown:
         raise FileFormatError(
             f"labels CSV {labels_csv}: {len(unknown)} slide(s) unknown to {features_dir} "
-            f"(no features file): {_few(unknown)}")
+            f"(no features file): {few(unknown)}")
     for folder, kind in ((lr_dir, "LR"), (hr_dir, "HR")):
-        missing = [s for s in labels if not (folder / f"{s}.h5").exists()]
+        missing = sorted(s for s in labels if not (folder / f"{s}.h5").exists())
         if missing:
             raise FileFormatError(f"{len(missing)} slide(s) have no {kind} features in {folder}: "
-                                  f"{_few(missing)}")
+                                  f"{few(missing)}")
 
-    slides, encoders, max_child, seed = {}, {"lr": set(), "hr": set()}, 0, 0
-    for name in sorted(labels):
-        lr = read_features(lr_dir / f"{name}.h5")
-        hr = read_features(hr_dir / f"{name}.h5")
-        for feats, kind, path in ((lr, "LR", lr_dir), (hr, "HR", hr_dir)):
-            _check_values(np.asarray(feats.features), f"{kind} features of slide {name!r}",
-                          path / f"{name}.h5")
-        if hr.parent is None or hr.child is None:
-            raise FileFormatError(f"HR features {hr_dir / name}.h5 lack parent/child: "
-                                  "they must come from lrmil tile + embed")
-        parent = torch.as_tensor(np.asarray(hr.parent), dtype=torch.int64)
-        n_lr = len(lr.features)
-        if len(parent) and (int(parent.min()) < 0 or int(parent.max()) >= n_lr):
-            raise FileFormatError(f"HR features {hr_dir / name}.h5: parent index out of range "
-                                  f"for the {n_lr} LR patches of {lr_dir / name}.h5")
-        child = torch.as_tensor(np.asarray(hr.child), dtype=torch.int64)
-        max_child = max(max_child, int(child.max()) if len(child) else 0)
-        encoders["lr"].add(str(lr.attrs.get("encoder", "")))
-        seed = int(lr.attrs.get("seed", 0))
-        encoders["hr"].add(str(hr.attrs.get("encoder", "")))
-        slides[name] = SlideFeatures(
-            name=name, label=class_names.index(labels[name]), patient=patients[name],
-            lr=torch.as_tensor(np.asarray(lr.features, dtype=np.float32)),
-            lr_coords=np.asarray(lr.coords), hr=torch.as_tensor(np.asarray(hr.features,
-                                                                           dtype=np.float32)),
-            parent=parent, child=child,
-            hr_layers={k: torch.as_tensor(np.asarray(v, dtype=np.float32))
-                       for k, v in hr.layers.items()},
-            coords_path=lr.attrs.get("coords_path"),
-        )
-    for kind, names in encoders.items():
-        if len(names) > 1:
-            raise FileFormatError(f"{features_dir}/{kind} mixes encoders {sorted(names)}")
-    # r from the files' attrs when they carry it, else the smallest grid holding every child.
-    r = int(hr.attrs.get("r", 0)) or max(2, math.isqrt(max_child) + 1)
-    return Cohort(slides, class_names, encoders["lr"].pop(), encoders["hr"].pop(), r, seed,
-                  dict(lr.attrs))
+    names = sorted(labels)
+    lr_info = {n: store.inspect(lr_dir / f"{n}.h5") for n in names}
+    hr_info = {n: store.inspect(hr_dir / f"{n}.h5") for n in names}
+    lr_dim = _one_dim(lr_info, "LR", lr_dir)
+    hr_dim = _one_dim(hr_info, "HR", hr_dir)
+    lr_encoder = _one_encoder(lr_info, lr_dir)
+    hr_encoder = _one_encoder(hr_info, hr_dir)
+    layer_dims = _layer_dims(hr_info, hr_dir)
 
-
-def _check_values(features: np.ndarray, what: str, path: Path) -> None:
-    if features.ndim != 2 or features.shape[0] == 0:
-        raise FileFormatError(f"{what} ({path}) are empty or not (N, D): shape {features.shape}"
-                              "; a slide with no tissue patch cannot be classified: remove it "
-                              "from the labels CSV")
-    bad = ~np.isfinite(features)
-    if bad.any():
-        rows = np.unique(np.nonzero(bad)[0])
-        raise FileFormatError(f"{what} ({path}) contain NaN/inf in {len(rows)} patch(es), "
-                              f"first at row {rows[0]}")
+    index, top_child = {}, 0
+    for name in names:
+        lr, hr = lr_info[name], hr_info[name]
+        n_lr, n_hr = lr.shapes["features"][0], hr.shapes["features"][0]
+        for info, n, what in ((lr, n_lr, "coords"), (hr, n_hr, "parent"), (hr, n_hr, "child")):
+            if info.shapes[what][0] != n:
+                raise FileFormatError(f"features file {info.path}: '{what}' has "
+                                      f"{info.shapes[what][0]} rows, features {n}")
+        parent, child = store.read((hr.path, "parent")), store.read((hr.path, "child"))
+        if n_hr and (int(parent.min()) < 0 or int(parent.max()) >= n_lr):
+            raise FileFormatError(f"HR features {hr.path}: parent index out of range for the "
+                                  f"{n_lr} LR patches of {lr.path}")
+        index[name] = (int(child.min(initial=0)), int(child.max(initial=0)))
+        top_child = max(top_child, index[name][1])
+    r = _r(hr_info, hr_dir, top_child)
+    slides = {}
+    for name in names:
+        lr, hr = lr_info[name], hr_info[name]
+        if index[name][0] < 0 or index[name][1] >= r * r:
+            raise FileFormatError(f"HR features {hr.path}: child index out of range for "
+                                  f"r = {r} ({r * r} children per LR patch)")
+        slides[name] = Slide(
+            name, class_names.index(labels[name]), patients[name], lr.path, hr.path,
+            lr.shapes["features"][0], hr.shapes["features"][0], hr.dtypes["features"].itemsize,
+            frozenset(k.removeprefix("layers/") for k in hr.shapes if k.startswith("layers/")),
+            lr.attrs.get("coords_path"))
+    first = lr_info[names[0]].attrs
+    unlabelled = sorted(on_disk - set(labels))
+    return Cohort(slides, class_names, lr_encoder, hr_encoder, r, lr_dim, hr_dim, store,
+                  layer_dims, int(first.get("seed", 0)), dict(first), unlabelled)
 
 
-def _few(names: list[str], n: int = 5) -> str:
+def _shape_problem(info: FileInfo) -> str | None:
+    shape = info.shapes.get("features")
+    if shape is None or "coords" not in info.shapes:
+        return "lacks a 'features' or 'coords' dataset"
+    if len(shape) == 3 and shape[0] == 1:  # some extractors keep a batch axis
+        shape = shape[1:]
+        info.shapes["features"] = shape
+    if len(shape) != 2 or shape[0] == 0:
+        return (f"has features of shape {shape}, empty or not (N, D); a slide with no tissue "
+                "patch cannot be classified: remove it from the labels CSV")
+    return None
+
+
+def _one_dim(infos: dict[str, FileInfo], kind: str, folder: Path) -> int:
+    """The one embedding size of a magnification's files, naming the slides that differ."""
+    for info in infos.values():
+        problem = _shape_problem(info)
+        if problem:
+            raise FileFormatError(f"{kind} features {info.path} {problem}")
+        if kind == "HR" and ("parent" not in info.shapes or "child" not in info.shapes):
+            raise FileFormatError(f"HR features {info.path} lack parent/child: they must come "
+                                  "from lrmil tile + embed")
+    dims = {name: info.shapes["features"][1] for name, info in infos.items()}
+    return int(_one_value(dims, f"{kind} features in {folder} mix embedding sizes"))
+
+
+def _one_encoder(infos: dict[str, FileInfo], folder: Path) -> str:
+    """The encoder name, refusing files made by another encoder or other weights under the same
+    name (the weights digest lrmil embed records)."""
+    def identity(info: FileInfo) -> str:
+        name, digest = str(info.attrs.get("encoder", "")), info.attrs.get("encoder_digest")
+        return f"{name} (weights digest {digest})" if digest else name
+
+    _one_value({n: identity(i) for n, i in infos.items()}, f"{folder} mixes encoders")
+    return str(next(iter(infos.values())).attrs.get("encoder", ""))
+
+
+def _layer_dims(infos: dict[str, FileInfo], folder: Path) -> dict[str, int]:
+    widths: dict[str, dict[str, int]] = {}
+    for name, info in infos.items():
+        for key, shape in info.shapes.items():
+            if key.startswith("layers/"):
+                if shape[0] != info.shapes["features"][0]:
+                    raise FileFormatError(f"features file {info.path}: '{key}' has {shape[0]} "
+                                          f"rows, features {info.shapes['features'][0]}")
+                widths.setdefault(key.removeprefix("layers/"), {})[name] = shape[-1]
+    return {layer: int(_one_value(by_slide, f"{folder}: layer {layer} mixes widths"))
+            for layer, by_slide in widths.items()}
+
+
+def _r(infos: dict[str, FileInfo], folder: Path, top_child: int) -> int:
+    """r from the files' attrs (one value), else the smallest grid holding every child."""
+    given = {n: int(i.attrs["r"]) for n, i in infos.items() if i.attrs.get("r")}
+    if given:
+        return int(_one_value(given, f"{folder} mixes r (HR children per LR side)"))
+    return max(2, math.isqrt(top_child) + 1)
+
+
+def _one_value(by_slide: dict[str, Any], problem: str) -> Any:
+    """The value every slide has; else a FileFormatError naming the slides of the rarer
+    values (the common value is what the cohort was meant to be)."""
+    groups: dict[Any, list[str]] = {}
+    for name, value in by_slide.items():
+        groups.setdefault(value, []).append(name)
+    if len(groups) == 1:
+        return next(iter(groups))
+    ranked = sorted(groups.items(), key=lambda kv: (-len(kv[1]), str(kv[0])))
+    common, others = ranked[0], ranked[1:]
+    parts = [f"{value} in {len(slides)} slide(s): {few(sorted(slides))}" for value, slides in others]
+    raise FileFormatError(f"{problem}: {common[0]} in {len(common[1])} slide(s), "
+                          + "; ".join(parts))
+
+
+def few(names: list[str], n: int = 5) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+

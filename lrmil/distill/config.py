@@ -76,6 +76,10 @@ class Stage1Config:
     adapter_hidden: int = 512  # hidden width of the adapter's residual MLP
     encoder_weights: str | None = None  # weights file for the LR encoder (default: built-in)
     read_workers: int = 2  # threads reading LR pixels from the slides
+    # Rows are shuffled within groups of training slides whose HR features (as stored) fit in
+    # this many MB, so stage 1 never holds the cohort (one group, a global shuffle, when the
+    # training slides fit).
+    shuffle_mb: int = 256
 
 
 @dataclass
@@ -90,6 +94,20 @@ class StudentConfig:
     lambda_hard: float = 0.5  # instance loss weight
     topk: int = 8  # k top (label 1) and bottom (label 0) patches, capped at N // 2
     attn_map: str = "max"  # HR -> LR parent mapping of the teacher's attention logits: max|mean
+
+
+@dataclass
+class DataConfig:
+    """How features are read (no result depends on these)."""
+
+    cache_gb: float | None = None  # in-RAM cache of features; null: min(25% of RAM, 8); 0: none
+    workers: int = 2  # DataLoader processes reading features files ahead of training
+    prefetch: int = 2  # slides each worker reads ahead
+
+    def cache_bytes(self) -> int:
+        from lrmil.data.store import default_cache_bytes
+
+        return default_cache_bytes() if self.cache_gb is None else int(self.cache_gb * 2**30)
 
 
 @dataclass
@@ -112,6 +130,7 @@ class DistillConfig:
     student: TrainConfig = field(default_factory=TrainConfig)
     kd: StudentConfig = field(default_factory=StudentConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
+    data: DataConfig = field(default_factory=DataConfig)
 
     def validate(self) -> DistillConfig:
         if self.folds < 2:
@@ -126,6 +145,13 @@ class DistillConfig:
         unknown = sorted(set(self.ablations) - set(ABLATIONS))
         if unknown:
             raise ConfigError(f"unknown ablations {unknown}; choose from {list(ABLATIONS)}")
+        if self.data.cache_gb is not None and self.data.cache_gb < 0:
+            raise ConfigError(f"data.cache_gb must be >= 0 (0: no cache), got {self.data.cache_gb}")
+        if self.data.workers < 0 or self.data.prefetch < 1:
+            raise ConfigError(f"data.workers must be >= 0 and data.prefetch >= 1, got "
+                              f"{self.data.workers} and {self.data.prefetch}")
+        if self.stage1.shuffle_mb < 1:
+            raise ConfigError(f"stage1.shuffle_mb must be >= 1, got {self.stage1.shuffle_mb}")
         for name in ("teacher", "baseline", "student"):
             train: TrainConfig = getattr(self, name)
             if train.epochs < 1 or train.batch_bags < 1:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from lrmil.distill.layout import RunLayout
 from lrmil.distill.metrics import METRICS, classification_metrics, gap_recovered, mean_std
 from lrmil.distill.predictions import read_predictions
 from lrmil.utils.atomic import atomic_path, atomic_write_text
@@ -30,7 +31,7 @@ def build_report(run_dir: Path, folds: list[int], models: list[str], class_names
     for k in folds:
         fold = {}
         for model in models:
-            _, labels, probs = read_predictions(run_dir / f"fold_{k}" / f"pred_{model}.csv")
+            _, labels, probs = read_predictions(RunLayout(run_dir).fold(k).predictions(model))
             fold[model] = classification_metrics(labels, probs)
         for model in models:
             if model.startswith("student"):
@@ -90,7 +91,22 @@ def markdown(report: dict[str, Any]) -> str:
     for k in report["folds"]:
         fold = report["per_fold"][str(k)]
         lines.append(f"| {k} | " + " | ".join(_fmt(fold[m]["auc"]) for m in models) + " |")
+    if "cohort" in report:
+        lines += ["", *cohort_markdown(report["cohort"])]
     return "\n".join(lines) + "\n"
+
+
+def cohort_markdown(cohort: dict[str, Any]) -> list[str]:
+    """Slides and patients per class, and the slides left out for want of a label."""
+    lines = ["## Cohort", "", "| class | slides | patients |", "|---|---|---|"]
+    lines += [f"| {name} | {c['slides']} | {c['patients']} |"
+              for name, c in cohort["counts"].items()]
+    lines.append(f"| all | {cohort['slides']} | {cohort['patients']} |")
+    if cohort.get("unlabelled"):
+        names = cohort["unlabelled"]
+        lines += ["", f"{len(names)} slide(s) with features but no label, not used: "
+                  + ", ".join(names)]
+    return lines
 
 
 def roc_plot(run_dir: Path, report: dict[str, Any], path: Path) -> None:
@@ -106,7 +122,7 @@ def roc_plot(run_dir: Path, report: dict[str, Any], path: Path) -> None:
     for model in report["models"]:
         labels, probs = [], []
         for k in report["folds"]:
-            _, y, p = read_predictions(run_dir / f"fold_{k}" / f"pred_{model}.csv")
+            _, y, p = read_predictions(RunLayout(run_dir).fold(k).predictions(model))
             labels.append(y)
             probs.append(p)
         y, p = np.concatenate(labels), np.concatenate(probs)
@@ -129,7 +145,8 @@ def roc_plot(run_dir: Path, report: dict[str, Any], path: Path) -> None:
 
 def write_report(run_dir: Path, report: dict[str, Any]) -> str:
     text = markdown(report)
-    atomic_write_text(run_dir / "metrics.json", json.dumps(report, indent=2, allow_nan=True))
-    atomic_write_text(run_dir / "report.md", text)
-    roc_plot(run_dir, report, run_dir / "roc.png")
+    layout = RunLayout(run_dir)
+    atomic_write_text(layout.metrics, json.dumps(report, indent=2, allow_nan=True))
+    atomic_write_text(layout.report, text)
+    roc_plot(run_dir, report, layout.roc)
     return text

@@ -18,25 +18,34 @@ from typing import Any
 
 import torch
 
+from lrmil.data.store import ArrayKey, FeatureStore
 from lrmil.distill.baseline import train_baseline
 from lrmil.distill.checkpoint import load_mil, load_state
-from lrmil.distill.cohort import Cohort, load_cohort
+from lrmil.distill.cohort import Cohort, few, load_cohort
 from lrmil.distill.config import DistillConfig, from_dict, save_config
+from lrmil.distill.layout import FoldLayout, RunLayout
 from lrmil.distill.report import build_report, write_report
 from lrmil.distill.splits import Fold, check_splits, make_splits, read_splits, write_splits
-from lrmil.distill.stage1 import FEATURES, load_adapter, read_stage1_features, run_stage1
+from lrmil.distill.stage1 import (
+    SlideGeometry,
+    check_stage1,
+    load_adapter,
+    run_stage1,
+    stage1_features,
+)
 from lrmil.distill.student import train_student
-from lrmil.distill.teacher import OUTPUTS, read_teacher_outputs, train_teacher
+from lrmil.distill.teacher import train_teacher
 from lrmil.distill.train import Progress, resolve_device
 from lrmil.errors import ConfigError, FileFormatError
 
 # Settings that may change between a run and its resumption without changing any result.
 RESUMABLE_CHANGES = {"out", "device", "ablations", "stage1.read_workers", "features", "labels",
-                     "tiled", "splits_csv"}
+                     "tiled", "splits_csv", "data.cache_gb", "data.workers", "data.prefetch"}
 
 # Entered around every step that runs, with the step's description; what it yields is called
 # after every training epoch with (epoch, stats) (the CLI's progress display).
 StepHook = Callable[[str], contextlib.AbstractContextManager[Progress | None]]
+NoteHook = Callable[[str], None]  # one line about the cohort, before training
 
 
 def seed_for(seed: int, fold: int, step: str) -> int:
@@ -44,33 +53,56 @@ def seed_for(seed: int, fold: int, step: str) -> int:
     return (seed * 1_000_003 + fold * 7919 + zlib.crc32(step.encode())) % (2**31)
 
 
-def run(cfg: DistillConfig, on_step: StepHook | None = None) -> dict[str, Any]:
+def cohort_notes(cohort: Cohort) -> list[str]:
+    """The lines a user reads before training: counts per class, and unlabelled slides."""
+    counts = ", ".join(f"{name}: {c['slides']} slides / {c['patients']} patients"
+                       for name, c in cohort.counts().items())
+    notes = [f"cohort: {len(cohort.slides)} labelled slides ({counts})"]
+    if cohort.unlabelled:
+        notes.append(f"{len(cohort.unlabelled)} slide(s) have features but no label in the "
+                     f"labels CSV and are not used: {few(cohort.unlabelled)}")
+    return notes
+
+
+def run(cfg: DistillConfig, on_step: StepHook | None = None,
+        on_note: NoteHook | None = None) -> dict[str, Any]:
     """Train teacher, stage 1, student, baseline and the ablations on every fold; write the
     report (metrics.json, report.md, roc.png) and return it. `on_step(description)` is entered
-    around each step that runs (the CLI shows progress with it)."""
+    around each step that runs (the CLI shows progress with it); `on_note(line)` gets the
+    cohort's counts and warnings. Every input is checked before anything is written."""
     cfg.validate()
     hook = on_step or (lambda _desc: contextlib.nullcontext())
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cohort = load_cohort(Path(cfg.features), Path(cfg.labels))
-    _write_or_check_config(cfg, cohort, out)
-    folds = _splits(cfg, cohort, out)
-    device = resolve_device(cfg.device)
+    layout = RunLayout(Path(cfg.out))
+    store = FeatureStore(cfg.data.cache_bytes(), cfg.data.workers, cfg.data.prefetch)
+    cohort = load_cohort(Path(cfg.features), Path(cfg.labels), store)
+    geometry = check_stage1(cohort, cfg)
+    _check_config(cfg, layout)
+    folds = _splits(cfg, cohort, layout)
+    for line in cohort_notes(cohort):
+        (on_note or (lambda _line: None))(line)
 
+    layout.root.mkdir(parents=True, exist_ok=True)
+    _save_config(cfg, cohort, layout)
+    write_splits(folds, layout.splits)
+    device = resolve_device(cfg.device)
     models = ["teacher", "baseline", "student", *(f"student_{a}" for a in cfg.ablations)]
     for fold in folds:
-        fold_dir = out / f"fold_{fold.index}"
-        fold_dir.mkdir(exist_ok=True)
-        for step in _fold_steps(cfg, cohort, fold, fold_dir, device):
+        out = layout.fold(fold.index)
+        out.dir.mkdir(exist_ok=True)
+        for step in _fold_steps(cfg, cohort, fold, out, device, geometry):
             step(hook)
-    report = build_report(out, [f.index for f in folds], models, cohort.class_names,
-                          {"mode": cfg.stage1.mode if cfg.stage1.enabled else "none"})
-    write_report(out, report)
+        for done in (out.teacher_outputs, out.stage1_features):
+            store.forget(done)  # the next fold does not read this one's files
+    report = build_report(layout.root, [f.index for f in folds], models, cohort.class_names,
+                          {"mode": cfg.stage1.mode if cfg.stage1.enabled else "none",
+                           "cohort": cohort.summary()})
+    write_report(layout.root, report)
     return report
 
 
-def _fold_steps(cfg: DistillConfig, cohort: Cohort, fold: Fold, fold_dir: Path,
-                device: torch.device) -> Iterator[Callable[[StepHook], None]]:
+def _fold_steps(cfg: DistillConfig, cohort: Cohort, fold: Fold, out: FoldLayout,
+                device: torch.device, geometry: SlideGeometry | None
+                ) -> Iterator[Callable[[StepHook], None]]:
     k = fold.index
 
     def once(name: str, done: Path, work: Callable[[Progress | None], None]
@@ -81,37 +113,39 @@ def _fold_steps(cfg: DistillConfig, cohort: Cohort, fold: Fold, fold_dir: Path,
                     work(tick)
         return step
 
-    yield once("teacher", fold_dir / "teacher.safetensors",
-               lambda tick: train_teacher(cohort, fold, cfg, fold_dir, device,
+    yield once("teacher", out.model("teacher"),
+               lambda tick: train_teacher(cohort, fold, cfg, out, device,
                                           seed_for(cfg.seed, k, "teacher"), tick))
-
-    def teacher() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        return read_teacher_outputs(fold_dir / OUTPUTS)
-
     if cfg.stage1.enabled:
-        yield once(f"stage 1 ({cfg.stage1.mode})", fold_dir / FEATURES,
-                   lambda _tick: run_stage1(cohort, fold.train, teacher(), cfg, fold_dir, device,
-                                      seed_for(cfg.seed, k, "stage1")))
-    raw = {n: s.lr for n, s in cohort.slides.items()}
+        yield once(f"stage 1 ({cfg.stage1.mode})", out.stage1_features,
+                   lambda _tick: run_stage1(cohort, fold.train, cfg, out, device,
+                                            seed_for(cfg.seed, k, "stage1"), geometry))
 
-    def features() -> dict[str, torch.Tensor]:
-        return read_stage1_features(fold_dir) if cfg.stage1.enabled else raw
+    def distilled(name: str) -> ArrayKey:
+        return stage1_features(out, name)
 
+    features: Callable[[str], ArrayKey] = distilled if cfg.stage1.enabled else cohort.lr
     variants = {"student": (cfg.kd, features)}
     if "no_stage1" in cfg.ablations:
-        variants["student_no_stage1"] = (cfg.kd, lambda: raw)
+        variants["student_no_stage1"] = (cfg.kd, cohort.lr)
     if "no_attn_kd" in cfg.ablations:
         variants["student_no_attn_kd"] = (dataclasses.replace(cfg.kd, lambda_soft=0.0), features)
     if "no_logit_kd" in cfg.ablations:
         variants["student_no_logit_kd"] = (dataclasses.replace(cfg.kd, lambda_bag=0.0), features)
     for name, (kd, feats) in variants.items():
-        yield once(name, fold_dir / f"{name}.safetensors",
+        yield once(name, out.model(name),
                    lambda tick, name=name, kd=kd, feats=feats: train_student(
-                       cohort, fold, cfg, kd, feats(), teacher(), fold_dir, name, device,
+                       cohort, fold, cfg, kd, feats, _width(cohort, feats), out, name, device,
                        seed_for(cfg.seed, k, "student"), tick))
-    yield once("baseline", fold_dir / "baseline.safetensors",
-               lambda tick: train_baseline(cohort, fold, cfg, fold_dir, device,
+    yield once("baseline", out.model("baseline"),
+               lambda tick: train_baseline(cohort, fold, cfg, out, device,
                                            seed_for(cfg.seed, k, "baseline"), tick))
+
+
+def _width(cohort: Cohort, features: Callable[[str], ArrayKey]) -> int:
+    """The feature size of a student's input (read from its first slide's file)."""
+    path, name = features(cohort.names[0])
+    return int(cohort.store.inspect(path).shapes[name][-1])
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -124,22 +158,26 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _write_or_check_config(cfg: DistillConfig, cohort: Cohort, out: Path) -> None:
-    from lrmil.info import versions
-
-    path = out / "config.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
+def _check_config(cfg: DistillConfig, layout: RunLayout) -> None:
+    """An existing run folder is resumed only with settings that give the same results."""
+    if layout.config.exists():
+        saved = json.loads(layout.config.read_text())
         old = _flat({k: v for k, v in saved.items() if k in cfg.to_dict()})
         new = _flat(cfg.to_dict())
         changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
         if changed:
-            raise ConfigError(f"run folder {out} was made with other settings ({', '.join(changed)}"
-                              f"); use a new --out or the same settings to resume")
+            raise ConfigError(f"run folder {layout.root} was made with other settings "
+                              f"({', '.join(changed)}); use a new --out or the same settings "
+                              "to resume")
+
+
+def _save_config(cfg: DistillConfig, cohort: Cohort, layout: RunLayout) -> None:
+    from lrmil.info import versions
+
     extra = {"versions": versions(), "class_names": cohort.class_names,
              "encoder": {"lr": cohort.lr_encoder, "hr": cohort.hr_encoder,
                          "seed": cohort.encoder_seed}, "r": cohort.r, **_geometry(cfg, cohort)}
-    save_config(cfg, path, extra)
+    save_config(cfg, layout.config, extra)
 
 
 def _geometry(cfg: DistillConfig, cohort: Cohort) -> dict[str, Any]:
@@ -158,10 +196,9 @@ def _geometry(cfg: DistillConfig, cohort: Cohort) -> dict[str, Any]:
     return out
 
 
-def _splits(cfg: DistillConfig, cohort: Cohort, out: Path) -> list[Fold]:
-    path = out / "splits.csv"
-    if path.exists():
-        folds = read_splits(path, set(cohort.slides))
+def _splits(cfg: DistillConfig, cohort: Cohort, layout: RunLayout) -> list[Fold]:
+    if layout.splits.exists():
+        folds = read_splits(layout.splits, set(cohort.slides))
     elif cfg.splits_csv:
         folds = read_splits(Path(cfg.splits_csv), set(cohort.slides))
     else:
@@ -170,7 +207,6 @@ def _splits(cfg: DistillConfig, cohort: Cohort, out: Path) -> list[Fold]:
                             [cohort.slides[n].patient for n in names], cfg.folds, cfg.seed,
                             cfg.val_fraction)
     check_splits(folds, cohort.label_of(), cohort.class_names)
-    write_splits(folds, path)
     return folds
 
 
@@ -182,36 +218,33 @@ def load_student(run: str | Path, fold: int | None = None):
     picks the fold whose student had the best validation AUC."""
     from lrmil.encoders import build
 
-    run = Path(run)
-    path = run / "config.json"
-    if not path.is_file():
-        raise FileFormatError(f"{run} is not an lrmil distill run (no config.json)")
-    config = json.loads(path.read_text())
+    layout = RunLayout(Path(run))
+    if not layout.config.is_file():
+        raise FileFormatError(f"{layout.root} is not an lrmil distill run (no config.json)")
+    config = json.loads(layout.config.read_text())
     cfg = from_dict({k: v for k, v in config.items() if k in DistillConfig.__dataclass_fields__})
-    if fold is None:
-        fold = _best_fold(run)
-    fold_dir = run / f"fold_{fold}"
-    mil, _ = load_mil(fold_dir / "student.safetensors")
+    out = layout.fold(_best_fold(layout) if fold is None else fold)
+    mil, _ = load_mil(out.model("student"))
     enc = config["encoder"]
     encoder = build(enc["lr"], cfg.stage1.encoder_weights, seed=int(enc.get("seed", 0)))
     if cfg.stage1.enabled and cfg.stage1.mode == "encoder":
-        state, _ = load_state(fold_dir / "stage1_encoder.safetensors")
+        state, _ = load_state(out.stage1_model("encoder"))
         encoder.model.load_state_dict(state)
     elif cfg.stage1.enabled:
-        adapter = load_adapter(fold_dir / "stage1_adapter.safetensors")
+        adapter = load_adapter(out.stage1_model("adapter"))
         encoder = dataclasses.replace(encoder, model=torch.nn.Sequential(encoder.model, adapter),
                                       dim=adapter.feature_dim)
     encoder.model.eval()
     return encoder, mil, config
 
 
-def _best_fold(run: Path) -> int:
+def _best_fold(layout: RunLayout) -> int:
     scores = {}
-    for fold_dir in sorted(run.glob("fold_*")):
-        path = fold_dir / "student.safetensors"
-        if path.is_file():
-            _, meta = load_state(path)
-            scores[int(fold_dir.name.split("_")[1])] = float(meta.get("val_auc", float("-inf")))
+    for fold in layout.folds():
+        if fold.model("student").is_file():
+            _, meta = load_state(fold.model("student"))
+            scores[fold.index] = float(meta.get("val_auc", float("-inf")))
     if not scores:
-        raise FileFormatError(f"run {run} has no trained student (fold_*/student.safetensors)")
+        raise FileFormatError(f"run {layout.root} has no trained student "
+                              "(fold_*/student.safetensors)")
     return max(sorted(scores), key=lambda k: scores[k])

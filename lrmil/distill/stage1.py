@@ -12,28 +12,39 @@ pulled, block by block, towards the HR embeddings of the same layers (L_layer, `
 
 Only the fold's training slides are distilled from (the teacher's attention on them is what it
 learned); the outputs cover every slide so the student can be validated and tested.
+
+Nothing holds the cohort: the training rows (LR patches with a valid child) are shuffled within
+groups of slides whose HR features fit in `stage1.shuffle_mb`; a group's arrays are read through
+the feature store as stored and the dense (B, K, D) teacher targets are built batch by batch.
+When every training slide fits in one group (small cohorts) the shuffle is global. The stage-1
+features are written slide by slide to `stage1_features.h5`.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 
 from lrmil.data import PatchDataset
+from lrmil.data.store import ArrayKey
+from lrmil.distill.bags import as_float
 from lrmil.distill.checkpoint import load_state, save_module
-from lrmil.distill.cohort import Cohort, SlideFeatures
+from lrmil.distill.cohort import Cohort, few
 from lrmil.distill.config import DistillConfig, Stage1Config
+from lrmil.distill.layout import FoldLayout
+from lrmil.distill.teacher import teacher_attn_logits
 from lrmil.distill.train import autocast
 from lrmil.errors import ConfigError, FileFormatError
 from lrmil.ops import block_mse, child_mse
 from lrmil.utils.atomic import atomic_path
-
-FEATURES = "stage1_features.safetensors"
 
 
 class Adapter(nn.Module):
@@ -59,75 +70,171 @@ class Adapter(nn.Module):
         return torch.cat([x, self.align(x)], dim=-1)
 
 
+def stage1_features(out: FoldLayout, slide: str) -> ArrayKey:
+    """Where a slide's stage-1 features (N, D) are."""
+    return (str(out.stage1_features), slide)
+
+
+# ------------------------------------------------------------------------- teacher targets
+
+
 @dataclass
-class Targets:
-    """The teacher side of stage 1 for the training rows (LR patches with a valid child)."""
+class SlideTargets:
+    """One slide's teacher side of stage 1, compact: its arrays as stored and, for each training
+    row (an LR patch with a valid child), the HR row of each of its K children (-1: none)."""
 
-    slide: list[str]  # per row
-    row: torch.Tensor  # (R,) LR patch index within its slide
-    lr: torch.Tensor  # (R, D_lr) the cached LR features of the rows (adapter input)
-    t: torch.Tensor  # (R, K, D) HR child embeddings (zeros where invalid)
-    valid: torch.Tensor  # (R, K) bool
-    weight: torch.Tensor  # (R, K) teacher attention softmax over the valid children
-    layers: dict[str, torch.Tensor]  # {layer: (R, K, C_l)}
-
-
-def child_targets(slide: SlideFeatures, attn_logits: torch.Tensor, r: int,
-                  layers: list[str]) -> Targets:
-    """Scatter one slide's HR rows into dense (N_lr, K, .) children, keep rows with a child."""
-    n, k = slide.lr.shape[0], r * r
-    valid = torch.zeros(n, k, dtype=torch.bool)
-    valid[slide.parent, slide.child] = True
-    logits = torch.full((n, k), float("-inf"))
-    logits[slide.parent, slide.child] = attn_logits.float()
-    keep = valid.any(1)
-    weight = torch.softmax(logits[keep], dim=1)
-
-    def dense(values: torch.Tensor) -> torch.Tensor:
-        out = values.new_zeros(n, k, values.shape[1])
-        out[slide.parent, slide.child] = values
-        return out[keep]
-
-    rows = torch.nonzero(keep).flatten()
-    return Targets([slide.name] * len(rows), rows, slide.lr[rows], dense(slide.hr), valid[keep],
-                   weight,
-                   {layer: dense(slide.hr_layers[layer]) for layer in layers})
+    name: str
+    rows: np.ndarray  # (R,) LR patch index of each training row
+    children: np.ndarray  # (R, K) int64
+    attn: np.ndarray  # (M,) the teacher's attention logits over the HR rows
+    hr: np.ndarray  # (M, D) HR child embeddings
+    lr: np.ndarray | None  # (N, D_lr) cached LR features (adapter input)
+    layers: dict[str, np.ndarray]  # {layer: (M, C_l)}
 
 
-def gather_targets(cohort: Cohort, names: list[str],
-                   teacher: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                   layers: list[str]) -> Targets:
-    parts = [child_targets(cohort.slides[n], teacher[n][1], cohort.r, layers) for n in names]
-    return Targets(
-        [s for p in parts for s in p.slide], torch.cat([p.row for p in parts]),
-        torch.cat([p.lr for p in parts]), torch.cat([p.t for p in parts]),
-        torch.cat([p.valid for p in parts]),
-        torch.cat([p.weight for p in parts]),
-        {layer: torch.cat([p.layers[layer] for p in parts]) for layer in layers})
+def child_table(parent: np.ndarray, child: np.ndarray, n_lr: int, k: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, children): the LR patches with a valid child and the HR row of each child."""
+    table = np.full((n_lr, k), -1, dtype=np.int64)
+    table[parent.astype(np.int64), child.astype(np.int64)] = np.arange(len(parent))
+    rows = np.nonzero((table >= 0).any(1))[0]
+    return rows, table[rows]
 
 
-def run_stage1(cohort: Cohort, train_names: list[str],
-               teacher: dict[str, tuple[torch.Tensor, torch.Tensor]], cfg: DistillConfig,
-               fold_dir: Path, device: torch.device, seed: int) -> None:
-    """Writes the stage-1 model and `stage1_features.safetensors` (every slide)."""
+@dataclass
+class TargetBatch:
+    t: torch.Tensor  # (B, K, D) float32, zeros where invalid
+    valid: torch.Tensor  # (B, K) bool
+    weight: torch.Tensor  # (B, K) softmax of the teacher's attention over the valid children
+    layers: dict[str, torch.Tensor]  # {layer: (B, K, C_l)}
+    lr: torch.Tensor | None  # (B, D_lr) float32
+
+
+class Group:
+    """The targets of some slides, rows numbered in slide order; `batch(idx)` densifies rows."""
+
+    def __init__(self, slides: list[SlideTargets]) -> None:
+        self.slides = slides
+        self.slide_of = np.concatenate([np.full(len(s.rows), i) for i, s in enumerate(slides)])
+        self.row_of = np.concatenate([np.arange(len(s.rows)) for s in slides])
+
+    def __len__(self) -> int:
+        return len(self.row_of)
+
+    def release(self) -> None:
+        """Let the arrays go (the next group is about to be read)."""
+        self.slides = []
+
+    def patch_rows(self) -> list[tuple[str, np.ndarray]]:
+        """(slide, LR patch indices) in row order."""
+        return [(s.name, s.rows) for s in self.slides]
+
+    def batch(self, idx: np.ndarray) -> TargetBatch:
+        slide_of, row_of = self.slide_of[idx], self.row_of[idx]
+        first = self.slides[0]
+        k, d = first.children.shape[1], first.hr.shape[1]
+        t = torch.zeros(len(idx), k, d)
+        logits = torch.full((len(idx), k), float("-inf"))
+        layers = {name: torch.zeros(len(idx), k, v.shape[1]) for name, v in first.layers.items()}
+        lr = torch.zeros(len(idx), first.lr.shape[1]) if first.lr is not None else None
+        children = torch.full((len(idx), k), -1, dtype=torch.int64)
+        for i in np.unique(slide_of):
+            slide, at = self.slides[i], np.nonzero(slide_of == i)[0]
+            ch = slide.children[row_of[at]]
+            children[at] = torch.from_numpy(ch)
+            valid = ch >= 0
+            pos, kk = np.nonzero(valid)
+            hr_rows = ch[valid]
+            t[at[pos], kk] = as_float(slide.hr[hr_rows])
+            logits[at[pos], kk] = torch.from_numpy(slide.attn[hr_rows].astype(np.float32))
+            for name, values in slide.layers.items():
+                layers[name][at[pos], kk] = as_float(values[hr_rows])
+            if lr is not None and slide.lr is not None:
+                lr[at] = as_float(slide.lr[slide.rows[row_of[at]]])
+        return TargetBatch(t, children >= 0, torch.softmax(logits, dim=1), layers, lr)
+
+
+def _plan(cohort: Cohort, names: list[str], layers: list[str], cfg: Stage1Config, seed: int
+          ) -> list[list[list[str]]]:
+    """Per epoch, the groups of training slides (module doc): one group of every slide in
+    order when they fit in `cfg.shuffle_mb`, else consecutive runs of a per-epoch permutation
+    (from `seed`), each within the budget (at least one slide)."""
+    def size(name: str) -> int:
+        slide = cohort.slides[name]
+        width = cohort.hr_dim + sum(cohort.layer_dims[layer] for layer in layers)
+        return slide.n_hr * width * slide.hr_itemsize
+
+    budget = cfg.shuffle_mb * 2**20
+    if sum(map(size, names)) <= budget:
+        return [[list(names)] for _ in range(cfg.epochs)]
+    plan = []
+    for epoch in range(cfg.epochs):
+        generator = torch.Generator().manual_seed(seed * 1009 + epoch)
+        groups, group, used = [], [], 0
+        for i in torch.randperm(len(names), generator=generator).tolist():
+            if group and used + size(names[i]) > budget:
+                groups.append(group)
+                group, used = [], 0
+            group.append(names[i])
+            used += size(names[i])
+        plan.append([*groups, group])
+    return plan
+
+
+def _load_groups(cohort: Cohort, plan: list[list[list[str]]], teacher_outputs: Path,
+                 layers: list[str], with_lr: bool) -> Iterator[Group]:
+    """The groups of the plan in order, read through the store (one at a time; a plan of one
+    group, the same every epoch, is read once)."""
+    k = cohort.r * cohort.r
+    last: tuple[tuple[str, ...], Group] | None = None
+    for groups in plan:
+        for names in groups:
+            if last is not None and last[0] == tuple(names):
+                yield last[1]
+                continue
+            if last is not None:  # let the previous group go before reading the next
+                last[1].release()
+                last = None
+
+            def keys(name: str) -> list[ArrayKey]:
+                return [cohort.hr(name), cohort.parent(name), cohort.child(name),
+                        teacher_attn_logits(teacher_outputs, name),
+                        *(cohort.layer(name, layer) for layer in layers),
+                        *([cohort.lr(name)] if with_lr else [])]
+
+            slides = []
+            for name, values in zip(names, cohort.store.stream([keys(n) for n in names]),
+                                    strict=True):
+                hr, parent, child, attn, *rest = values
+                rows, children = child_table(parent, child, cohort.slides[name].n_lr, k)
+                slides.append(SlideTargets(name, rows, children, attn, hr,
+                                           rest[len(layers)] if with_lr else None,
+                                           dict(zip(layers, rest[:len(layers)], strict=False))))
+            group = Group(slides)
+            last = (tuple(names), group)
+            yield group
+
+
+def _row_counts(cohort: Cohort, names: list[str]) -> dict[str, int]:
+    """Training rows per slide (LR patches with at least one valid child)."""
+    parents = cohort.store.stream([[cohort.parent(n)] for n in names])
+    return {n: len(np.unique(p)) for n, (p,) in zip(names, parents, strict=True)}
+
+
+# --------------------------------------------------------------------------------- stage 1
+
+
+def run_stage1(cohort: Cohort, train_names: list[str], cfg: DistillConfig, out: FoldLayout,
+               device: torch.device, seed: int, geometry: SlideGeometry | None = None) -> None:
+    """Writes the stage-1 model and `stage1_features.h5` (every slide); `geometry` (encoder
+    mode): where each slide's LR patches are (`slide_geometry`)."""
     torch.manual_seed(seed)
     if cfg.stage1.mode == "adapter":
-        features = _adapter(cohort, train_names, teacher, cfg.stage1, fold_dir, device, seed)
+        _adapter(cohort, train_names, cfg.stage1, out, device, seed)
     else:
-        features = _encoder(cohort, train_names, teacher, cfg, fold_dir, device, seed)
-    from safetensors.torch import save_file
-
-    with atomic_path(fold_dir / FEATURES) as tmp:
-        save_file({n: f.contiguous() for n, f in features.items()}, str(tmp))
-
-
-def read_stage1_features(fold_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    path = fold_dir / FEATURES
-    if not path.is_file():
-        raise FileFormatError(f"stage-1 features {path} do not exist: stage 1 did not finish")
-    return load_file(str(path))
+        if geometry is None:
+            raise ValueError("stage 1 in encoder mode needs the slides' geometry")
+        _encoder(cohort, train_names, cfg, out, device, seed, geometry)
 
 
 def _optimise(params: list[nn.Parameter], cfg: Stage1Config, steps: int
@@ -147,30 +254,49 @@ def _step(loss: torch.Tensor, params: list[nn.Parameter], cfg: Stage1Config,
     schedule.step()
 
 
-def _adapter(cohort: Cohort, train_names: list[str],
-             teacher: dict[str, tuple[torch.Tensor, torch.Tensor]], cfg: Stage1Config,
-             fold_dir: Path, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
-    targets = gather_targets(cohort, train_names, teacher, [])
-    inputs = targets.lr
-    adapter = Adapter(inputs.shape[1], targets.t.shape[2], cfg.adapter_hidden).to(device)
+def _steps(plan: list[list[list[str]]], rows: dict[str, int], batch: int) -> int:
+    return sum(math.ceil(sum(rows[n] for n in group) / batch)
+               for groups in plan for group in groups)
+
+
+def _write_features(cohort: Cohort, out: FoldLayout, features: Iterator[tuple[str, np.ndarray]]
+                    ) -> None:
+    """`/<slide> (N, D)` float32 for every slide, one at a time; the file appears complete."""
+    with atomic_path(out.stage1_features) as tmp, h5py.File(tmp, "w") as fh:
+        for name, values in features:
+            fh[name] = values
+    cohort.store.forget(out.stage1_features)  # a re-run of the step replaces it
+
+
+def _adapter(cohort: Cohort, train_names: list[str], cfg: Stage1Config, out: FoldLayout,
+             device: torch.device, seed: int) -> None:
+    adapter = Adapter(cohort.lr_dim, cohort.hr_dim, cfg.adapter_hidden).to(device)
     params = list(adapter.parameters())
-    n_rows = len(inputs)
-    steps_per_epoch = -(-n_rows // cfg.batch_patches)
-    optimizer, schedule = _optimise(params, cfg, cfg.epochs * steps_per_epoch)
+    plan = _plan(cohort, train_names, [], cfg, seed)
+    optimizer, schedule = _optimise(
+        params, cfg, _steps(plan, _row_counts(cohort, train_names), cfg.batch_patches))
     generator = torch.Generator().manual_seed(seed)
     adapter.train()
-    for _ in range(cfg.epochs):
-        for idx in torch.randperm(n_rows, generator=generator).split(cfg.batch_patches):
-            s = adapter.align(inputs[idx].to(device))
-            loss = cfg.lambda_attn * child_mse(s, targets.t[idx].to(device),
-                                               targets.weight[idx].to(device)).mean()
+    for group in _load_groups(cohort, plan, out.teacher_outputs, [], with_lr=True):
+        for idx in torch.randperm(len(group), generator=generator).split(cfg.batch_patches):
+            targets = group.batch(idx.numpy())
+            s = adapter.align(targets.lr.to(device))
+            loss = cfg.lambda_attn * child_mse(s, targets.t.to(device),
+                                               targets.weight.to(device)).mean()
             _step(loss, params, cfg, optimizer, schedule)
     adapter.eval()
-    save_module(adapter, fold_dir / "stage1_adapter.safetensors",
+    save_module(adapter, out.stage1_model("adapter"),
                 {"adapter": {"in_dim": adapter.in_dim, "out_dim": adapter.out_dim,
                              "hidden": adapter.hidden}, "encoder": cohort.lr_encoder})
-    with torch.no_grad():
-        return {n: adapter(s.lr.to(device)).float().cpu() for n, s in cohort.slides.items()}
+
+    def project() -> Iterator[tuple[str, np.ndarray]]:
+        names = cohort.names
+        with torch.no_grad():
+            for name, (lr,) in zip(names, cohort.store.stream([[cohort.lr(n)] for n in names]),
+                                   strict=True):
+                yield name, adapter(as_float(lr).to(device)).float().cpu().numpy()
+
+    _write_features(cohort, out, project())
 
 
 def load_adapter(path: Path) -> Adapter:
@@ -196,6 +322,23 @@ class SlideGeometry:
     patch_size: int
 
 
+def check_stage1(cohort: Cohort, cfg: DistillConfig) -> SlideGeometry | None:
+    """What stage 1 needs, checked before anything trains; encoder mode: the slides' geometry."""
+    s1 = cfg.stage1
+    if not s1.enabled or s1.mode != "encoder":
+        return None
+    if cohort.lr_dim != cohort.hr_dim:
+        raise ConfigError(f"stage1.mode=encoder needs the same embedding size at both "
+                          f"resolutions: the LR features have {cohort.lr_dim}, the HR features "
+                          f"{cohort.hr_dim}; use stage1.mode=adapter")
+    for layer in s1.layers:
+        missing = sorted(n for n, s in cohort.slides.items() if layer not in s.layers)
+        if missing:
+            raise FileFormatError(f"HR features of {len(missing)} slide(s) lack layers/{layer} "
+                                  f"(embed HR with --layers): {few(missing)}")
+    return slide_geometry(cohort, cfg.tiled)
+
+
 def slide_geometry(cohort: Cohort, tiled: str | None) -> SlideGeometry:
     """From `TILED/coords/<slide>.h5`, or the coords file the LR features name in their attrs;
     checked against the features' coords."""
@@ -211,7 +354,7 @@ def slide_geometry(cohort: Cohort, tiled: str | None) -> SlideGeometry:
         if not Path(path).is_file():
             raise FileFormatError(f"slide {name!r} has no coords file {path}")
         coords = read_coords(path)
-        if not np.array_equal(np.asarray(coords.coords), slide.lr_coords):
+        if not np.array_equal(np.asarray(coords.coords), cohort.store.read(cohort.lr_coords(name))):
             raise FileFormatError(f"coords file {path} does not match the LR features of slide "
                                   f"{name!r} (different patches): re-run lrmil embed")
         paths[name], size0[name] = coords.slide_path, coords.lr_patch_size_level0
@@ -233,64 +376,59 @@ def _patches(geo: SlideGeometry, name: str, coords: np.ndarray) -> PatchDataset:
     return PatchDataset(geo.paths[name], coords, geo.size0[name], geo.patch_size, geo.mpp[name])
 
 
-def _encoder(cohort: Cohort, train_names: list[str],
-             teacher: dict[str, tuple[torch.Tensor, torch.Tensor]], cfg: DistillConfig,
-             fold_dir: Path, device: torch.device, seed: int) -> dict[str, torch.Tensor]:
+def _encoder(cohort: Cohort, train_names: list[str], cfg: DistillConfig, out: FoldLayout,
+             device: torch.device, seed: int, geo: SlideGeometry) -> None:
     from lrmil.encoders import build
 
     s1 = cfg.stage1
-    geo = slide_geometry(cohort, cfg.tiled)
     encoder = build(cohort.lr_encoder, s1.encoder_weights, seed=cohort.encoder_seed)
-    hr_dim = next(iter(cohort.slides.values())).hr.shape[1]
-    if encoder.dim != hr_dim:
-        raise ConfigError(f"stage1.mode=encoder needs the same embedding size at both "
-                          f"resolutions: LR encoder {encoder.name} gives {encoder.dim}, HR "
-                          f"features have {hr_dim}; use stage1.mode=adapter")
     layers = list(s1.layers) or [
         layer for layer in encoder.default_layers
-        if all(layer in s.hr_layers for s in cohort.slides.values())]
+        if all(layer in s.layers for s in cohort.slides.values())]
     encoder.check_layers(layers)
     for layer in layers:
         if encoder.grid_size(layer, geo.patch_size) % cohort.r:
             raise ConfigError(f"layer {layer}'s grid is not divisible by r = {cohort.r}")
-        missing = [n for n in train_names if layer not in cohort.slides[n].hr_layers]
-        if missing:
-            raise FileFormatError(f"HR features of slide {missing[0]!r} lack layers/{layer} "
-                                  "(embed HR with --layers)")
-    targets = gather_targets(cohort, train_names, teacher, layers)
-    # Target rows are grouped by slide: one PatchDataset per slide, concatenated in that order.
-    rows: dict[str, list[int]] = {}
-    for name, row in zip(targets.slide, targets.row.tolist(), strict=True):
-        rows.setdefault(name, []).append(row)
-    dataset = _Indexed([_patches(geo, n, cohort.slides[n].lr_coords[r]) for n, r in rows.items()])
 
     encoder.to(device)
     model = encoder.model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    steps_per_epoch = -(-len(dataset) // s1.batch_patches)
-    optimizer, schedule = _optimise(params, s1, s1.epochs * steps_per_epoch)
-    for epoch in range(s1.epochs):
-        loader = DataLoader(dataset, batch_size=s1.batch_patches, shuffle=True,
-                            generator=torch.Generator().manual_seed(seed + epoch),
-                            num_workers=s1.read_workers)
-        for patches, idx in loader:
-            with autocast(device):
-                s, grids, _ = encoder.forward_features(encoder.preprocess(patches.to(device)),
-                                                       layers)
-            valid = targets.valid[idx].to(device)
-            loss = s1.lambda_attn * child_mse(s.float(), targets.t[idx].to(device),
-                                              targets.weight[idx].to(device))
-            if layers:
-                per_layer = [block_mse(grids[name].float(), targets.layers[name][idx].to(device),
-                                       valid, cohort.r) for name in layers]
-                loss = loss + s1.lambda_layer * torch.stack(per_layer).mean(0)
-            _step(loss.mean(), params, s1, optimizer, schedule)
+    plan = _plan(cohort, train_names, layers, s1, seed)
+    optimizer, schedule = _optimise(
+        params, s1, _steps(plan, _row_counts(cohort, train_names), s1.batch_patches))
+    groups = _load_groups(cohort, plan, out.teacher_outputs, layers, with_lr=False)
+    for epoch, epoch_groups in enumerate(plan):
+        generator = torch.Generator().manual_seed(seed + epoch)
+        for _ in epoch_groups:
+            group = next(groups)
+            coords = {n: cohort.store.read(cohort.lr_coords(n)) for n, _ in group.patch_rows()}
+            dataset = _Indexed([_patches(geo, n, coords[n][rows])
+                                for n, rows in group.patch_rows()])
+            loader = DataLoader(dataset, batch_size=s1.batch_patches, shuffle=True,
+                                generator=generator, num_workers=s1.read_workers)
+            for patches, idx in loader:
+                targets = group.batch(idx.numpy())
+                with autocast(device):
+                    s, grids, _ = encoder.forward_features(
+                        encoder.preprocess(patches.to(device)), layers)
+                valid = targets.valid.to(device)
+                loss = s1.lambda_attn * child_mse(s.float(), targets.t.to(device),
+                                                  targets.weight.to(device))
+                if layers:
+                    per_layer = [block_mse(grids[name].float(), targets.layers[name].to(device),
+                                           valid, cohort.r) for name in layers]
+                    loss = loss + s1.lambda_layer * torch.stack(per_layer).mean(0)
+                _step(loss.mean(), params, s1, optimizer, schedule)
     model.eval()
-    save_module(model, fold_dir / "stage1_encoder.safetensors",
+    save_module(model, out.stage1_model("encoder"),
                 {"encoder": encoder.name, "layers": layers, "seed": cohort.encoder_seed})
     # Re-embed every LR patch of every slide exactly as `lrmil embed` (and inference) does.
     from lrmil.embed import encode_dataset
 
-    return {name: torch.from_numpy(encode_dataset(
-        _patches(geo, name, slide.lr_coords), encoder, batch_size=s1.batch_patches,
-        workers=s1.read_workers, device=device)[0]) for name, slide in cohort.slides.items()}
+    def embed() -> Iterator[tuple[str, np.ndarray]]:
+        for name in cohort.names:
+            dataset = _patches(geo, name, cohort.store.read(cohort.lr_coords(name)))
+            yield name, encode_dataset(dataset, encoder, batch_size=s1.batch_patches,
+                                       workers=s1.read_workers, device=device)[0]
+
+    _write_features(cohort, out, embed())

@@ -3,23 +3,49 @@ trained with CE + logit KD + attention KD + top-k/bottom-k instance loss (method
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lrmil.distill.checkpoint import save_mil
+from lrmil.data.store import ArrayKey
+from lrmil.distill.bags import BagSet, as_float, feature_bags
 from lrmil.distill.cohort import Cohort
 from lrmil.distill.config import DistillConfig, StudentConfig
+from lrmil.distill.layout import FoldLayout
 from lrmil.distill.losses import attention_kd, instance_loss, logit_kd, map_attention
-from lrmil.distill.predictions import write_predictions
 from lrmil.distill.splits import Fold
-from lrmil.distill.train import LossFn, Progress, predict, train_mil
-from lrmil.mil import Bag, Batch, GatedABMIL, MILOutput
+from lrmil.distill.teacher import teacher_attn_logits, teacher_logits
+from lrmil.distill.train import LossFn, Progress, build_mil, fit_and_save
+from lrmil.mil import Bag, Batch, MILOutput, collate
+
+
+@dataclass
+class StudentBag(Bag):
+    """An LR bag with what the student distils from its teacher."""
+
+    teacher_logits: torch.Tensor | None = None  # (C,) the teacher's slide logits
+    teacher_attn: torch.Tensor | None = None  # (N,) its HR attention logits mapped to LR patches
+
+
+@dataclass
+class StudentBatch(Batch):
+    teacher_logits: torch.Tensor | None = None  # (B, C)
+    teacher_attn: torch.Tensor | None = None  # (T,)
+
+
+def collate_students(bags: Sequence[StudentBag]) -> StudentBatch:
+    batch = collate(bags)
+    return StudentBatch(batch.names, batch.x, batch.offsets, batch.labels,
+                        torch.stack([b.teacher_logits for b in bags]),
+                        torch.cat([b.teacher_attn for b in bags]))
 
 
 def student_loss(kd: StudentConfig) -> LossFn:
-    def loss(out: MILOutput, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(out: MILOutput, batch: StudentBatch) -> tuple[torch.Tensor, dict[str, float]]:
         parts = {"ce": F.cross_entropy(out.logits.float(), batch.labels)}
         if kd.lambda_bag > 0:
             parts["logit_kd"] = logit_kd(out.logits, batch.teacher_logits, kd.t_bag)
@@ -37,36 +63,32 @@ def student_loss(kd: StudentConfig) -> LossFn:
     return loss
 
 
-def student_bags(cohort: Cohort, names: list[str], features: dict[str, torch.Tensor],
-                 teacher: dict[str, tuple[torch.Tensor, torch.Tensor]], attn_map: str
-                 ) -> list[Bag]:
-    """LR bags with the teacher's slide logits and its HR attention logits mapped to LR."""
-    bags = []
-    for name in names:
-        slide = cohort.slides[name]
-        logits, hr_attn = teacher[name]
-        g = map_attention(hr_attn, slide.parent, slide.lr.shape[0], attn_map)
-        bags.append(Bag(name, features[name], slide.label, logits, g))
-    return bags
+def student_bags(cohort: Cohort, names: list[str], features: Callable[[str], ArrayKey],
+                 teacher_outputs: Path, attn_map: str) -> BagSet:
+    """LR bags (`features(slide)`: the stage-1 or the raw LR features) with the teacher's slide
+    logits and its HR attention logits mapped to LR patches."""
+    def keys(name: str) -> list[ArrayKey]:
+        return [features(name), teacher_logits(teacher_outputs, name),
+                teacher_attn_logits(teacher_outputs, name), cohort.parent(name)]
+
+    def make(name: str, label: int, values: list[np.ndarray]) -> StudentBag:
+        x, logits, hr_attn, parent = values
+        g = map_attention(torch.from_numpy(hr_attn), torch.from_numpy(parent), len(x), attn_map)
+        return StudentBag(name, as_float(x), label, torch.from_numpy(logits), g)
+
+    return BagSet(cohort.store, list(names), [cohort.slides[n].label for n in names], keys, make,
+                  collate_students)
 
 
 def train_student(cohort: Cohort, fold: Fold, cfg: DistillConfig, kd: StudentConfig,
-                  features: dict[str, torch.Tensor],
-                  teacher: dict[str, tuple[torch.Tensor, torch.Tensor]], fold_dir: Path,
-                  name: str, device: torch.device, seed: int,
-                  progress: Progress | None = None) -> None:
+                  features: Callable[[str], ArrayKey], in_dim: int, out: FoldLayout, name: str,
+                  device: torch.device, seed: int, progress: Progress | None = None) -> None:
     """Writes `<name>.safetensors` and `pred_<name>.csv` (the fold's test slides)."""
-    torch.manual_seed(seed)
-    dim = next(iter(features.values())).shape[1]
-    model = GatedABMIL(dim, len(cohort.class_names), cfg.mil.hidden, cfg.mil.proj_dim,
-                       instance_head=True, dropout=cfg.mil.dropout)
-    result = train_mil(
-        model, student_bags(cohort, fold.train, features, teacher, kd.attn_map),
-        student_bags(cohort, fold.val, features, teacher, kd.attn_map), cfg.student, device,
-        seed, loss_fn=student_loss(kd), progress=progress, standardize=cfg.mil.standardize)
-    test = [Bag(n, features[n], cohort.slides[n].label) for n in fold.test]
-    probs, _ = predict(model, test, device)
-    write_predictions(fold_dir / f"pred_{name}.csv", fold.test, [b.label for b in test], probs,
-                      cohort.class_names)
-    save_mil(model, fold_dir / f"{name}.safetensors",
-             {"best_epoch": result.best_epoch, "val_auc": result.best_val_auc})
+    def bags(names: list[str]) -> BagSet:
+        return student_bags(cohort, names, features, out.teacher_outputs, kd.attn_map)
+
+    fit_and_save(lambda: build_mil(cfg.mil, in_dim, len(cohort.class_names), instance_head=True),
+                 bags(fold.train), bags(fold.val), feature_bags(cohort, fold.test, features),
+                 cfg.student, out.model(name), out.predictions(name), cohort.class_names, device,
+                 seed, loss_fn=student_loss(kd), progress=progress,
+                 standardize=cfg.mil.standardize)

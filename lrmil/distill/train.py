@@ -1,21 +1,26 @@
 """The training loop shared by teacher, baseline and student: packed batches of bags, AdamW with
-a cosine schedule, gradient clipping, early stopping on validation AUC, bf16 autocast on CUDA."""
+a cosine schedule, gradient clipping, early stopping on validation AUC, bf16 autocast on CUDA;
+and the recipe each of them follows (`fit_and_save`)."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lrmil.distill.config import TrainConfig
+from lrmil.distill.bags import BagSet
+from lrmil.distill.checkpoint import save_mil
+from lrmil.distill.config import MILConfig, TrainConfig
 from lrmil.distill.metrics import auc
-from lrmil.mil import Bag, Batch, GatedABMIL, MILOutput, collate
+from lrmil.distill.predictions import write_predictions
+from lrmil.mil import Batch, GatedABMIL, MILOutput
 
 # (model output, batch) -> (loss, named parts for the log)
 LossFn = Callable[[MILOutput, Batch], tuple[torch.Tensor, dict[str, float]]]
@@ -47,23 +52,13 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def batches(bags: Sequence[Bag], size: int, generator: torch.Generator | None = None
-            ) -> Iterator[Batch]:
-    """Bags in `size`-bag packed batches, shuffled when a generator is given."""
-    order = (torch.randperm(len(bags), generator=generator).tolist() if generator is not None
-             else range(len(bags)))
-    order = list(order)
-    for start in range(0, len(order), size):
-        yield collate([bags[i] for i in order[start:start + size]])
-
-
 @torch.no_grad()
-def predict(model: GatedABMIL, bags: Sequence[Bag], device: torch.device,
+def predict(model: GatedABMIL, bags: BagSet, device: torch.device,
             batch_bags: int = 8) -> tuple[np.ndarray, list[torch.Tensor]]:
     """Class probabilities (N, C) and each bag's attention logits, in the order of `bags`."""
     model.eval()
     probs, attn = [], []
-    for batch in batches(bags, batch_bags):
+    for batch in bags.batches(batch_bags):
         batch = batch.to(device)
         with autocast(device):
             out = model(batch.x, batch.offsets)
@@ -74,22 +69,22 @@ def predict(model: GatedABMIL, bags: Sequence[Bag], device: torch.device,
     return torch.cat(probs).numpy(), attn
 
 
-def _val_score(model: GatedABMIL, bags: Sequence[Bag], device: torch.device,
+def _val_score(model: GatedABMIL, bags: BagSet, device: torch.device,
                batch_bags: int) -> tuple[float, float]:
     probs, _ = predict(model, bags, device, batch_bags)
-    labels = np.array([b.label for b in bags])
+    labels = np.array(bags.labels)
     nll = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
     return auc(labels, probs), nll
 
 
-def train_mil(model: GatedABMIL, train: Sequence[Bag], val: Sequence[Bag], cfg: TrainConfig,
+def train_mil(model: GatedABMIL, train: BagSet, val: BagSet, cfg: TrainConfig,
               device: torch.device, seed: int, loss_fn: LossFn = ce_loss,
               progress: Progress | None = None, standardize: bool = True) -> TrainResult:
     """Train in place and leave the model at its best validation epoch (AUC, then lower NLL:
     AUC alone saturates on easy data and would keep an under-trained early epoch).
     `standardize`: first set the model's input statistics from the training instances."""
     if standardize:
-        model.set_input_stats(torch.cat([b.features for b in train]))
+        model.set_input_stats(train.input_stats())
     torch.manual_seed(seed)  # dropout
     generator = torch.Generator().manual_seed(seed)
     model.to(device)
@@ -102,7 +97,7 @@ def train_mil(model: GatedABMIL, train: Sequence[Bag], val: Sequence[Bag], cfg: 
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         total, count = 0.0, 0
-        for batch in batches(train, cfg.batch_bags, generator):
+        for batch in train.batches(cfg.batch_bags, generator):
             batch = batch.to(device)
             with autocast(device):
                 out = model(batch.x, batch.offsets)
@@ -135,3 +130,29 @@ def train_mil(model: GatedABMIL, train: Sequence[Bag], val: Sequence[Bag], cfg: 
         model.load_state_dict(best_state)
     model.eval()
     return TrainResult(best_epoch, best[0] if best else math.nan, history)
+
+
+def build_mil(cfg: MILConfig, in_dim: int, n_classes: int, instance_head: bool = False
+              ) -> GatedABMIL:
+    return GatedABMIL(in_dim, n_classes, cfg.hidden, cfg.proj_dim, instance_head=instance_head,
+                      dropout=cfg.dropout)
+
+
+def fit_and_save(build: Callable[[], GatedABMIL], train: BagSet, val: BagSet, test: BagSet,
+                 cfg: TrainConfig, weights: Path, predictions: Path, class_names: list[str],
+                 device: torch.device, seed: int, loss_fn: LossFn = ce_loss,
+                 progress: Progress | None = None, standardize: bool = True,
+                 before_save: Callable[[GatedABMIL], None] | None = None) -> GatedABMIL:
+    """The recipe of every MIL model of a fold: build it from `seed`, train (early stopping on
+    `val`), write the test slides' predictions, run `before_save` (the teacher's outputs), and
+    save the weights last: their file marks the step done for a resumed run."""
+    torch.manual_seed(seed)
+    model = build()
+    result = train_mil(model, train, val, cfg, device, seed, loss_fn=loss_fn, progress=progress,
+                       standardize=standardize)
+    probs, _ = predict(model, test, device)
+    write_predictions(predictions, test.names, test.labels, probs, class_names)
+    if before_save is not None:
+        before_save(model)
+    save_mil(model, weights, {"best_epoch": result.best_epoch, "val_auc": result.best_val_auc})
+    return model

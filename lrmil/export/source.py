@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lrmil import __version__
+from lrmil.distill.layout import RunLayout
 from lrmil.errors import FileFormatError
 from lrmil.export.graphs import EncoderGraph, HeadGraph
 from lrmil.export.sidecar import ModelMeta, file_sha256
@@ -21,16 +22,12 @@ class RunModel:
     meta: ModelMeta
 
 
-# The files a student's inference depends on, in every fold (not the teachers or caches).
-STUDENT_FILES = ("student.safetensors", "stage1_encoder.safetensors", "stage1_adapter.safetensors")
-
-
 def run_sha256(run: Path) -> str:
     """sha256 over the run's config and the students' weights files (relative names and bytes):
     an export made from other weights is detected without loading any model."""
+    layout = RunLayout(run)
     digest = hashlib.sha256()
-    weights = sorted(p for name in STUDENT_FILES for p in run.glob(f"fold_*/{name}"))
-    for path in [run / "config.json", *weights]:
+    for path in [layout.config, *layout.student_files()]:
         digest.update(f"{path.relative_to(run)}|{file_sha256(path)}\n".encode())
     return digest.hexdigest()
 
@@ -40,7 +37,8 @@ def read_run_config(run: Path) -> dict[str, Any]:
     (major.minor: a patch release keeps the weights format)."""
     if not run.is_dir():
         raise FileFormatError(f"run folder {run} does not exist")
-    path = run / "config.json"
+    layout = RunLayout(run)
+    path = layout.config
     if not path.is_file():
         raise FileFormatError(f"{run} is not an lrmil run: config.json is missing")
     try:
@@ -53,7 +51,7 @@ def read_run_config(run: Path) -> dict[str, Any]:
             f"{run} was made by lrmil {made_by}; this is lrmil {__version__}: "
             "re-run `lrmil distill` with this version"
         )
-    if not any(run.glob("fold_*/student.safetensors")):
+    if not any(fold.model("student").is_file() for fold in layout.folds()):
         raise FileFormatError(f"{run} has no trained student (fold_*/student.safetensors missing)")
     return config
 

@@ -1,6 +1,6 @@
 """Gated attention MIL on packed bags."""
 
 from lrmil.mil.batch import Bag, Batch, collate, pack
-from lrmil.mil.model import GatedABMIL, MILOutput
+from lrmil.mil.model import GatedABMIL, InputStats, MILOutput
 
-__all__ = ["Bag", "Batch", "GatedABMIL", "MILOutput", "collate", "pack"]
+__all__ = ["Bag", "Batch", "GatedABMIL", "InputStats", "MILOutput", "collate", "pack"]

@@ -18,6 +18,44 @@ class MILOutput:
     inst_logits: torch.Tensor | None  # (T, 2) instance classifier (student), else None
 
 
+class InputStats:
+    """Per-dimension mean and unbiased std of instances added bag by bag (Chan et al.'s
+    pairwise update, in float64): the training set's statistics without holding it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._mean: torch.Tensor | None = None
+        self._m2: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        """Add the instances `x (N, D)` of one bag."""
+        if len(x) == 0:
+            return
+        x = x.double()
+        mean, n = x.mean(0), len(x)
+        m2 = ((x - mean) ** 2).sum(0)
+        if self._mean is None or self._m2 is None:
+            self._mean, self._m2, self.count = mean, m2, n
+            return
+        total = self.count + n
+        delta = mean - self._mean
+        self._mean = self._mean + delta * (n / total)
+        self._m2 = self._m2 + m2 + delta**2 * (self.count * n / total)
+        self.count = total
+
+    @property
+    def mean(self) -> torch.Tensor:
+        if self._mean is None:
+            raise ValueError("no instance was added")
+        return self._mean.float()
+
+    @property
+    def std(self) -> torch.Tensor:
+        if self._m2 is None or self.count < 2:
+            raise ValueError("the standard deviation needs at least two instances")
+        return (self._m2 / (self.count - 1)).sqrt().float()
+
+
 class GatedABMIL(nn.Module):
     """`e_j = w . (tanh(V h_j) * sigmoid(U h_j)) + b_w`, `z = sum_j softmax(e)_j h_j`,
     `logits = C z`; h_j is the instance feature, standardised with per-dimension statistics
@@ -45,11 +83,11 @@ class GatedABMIL(nn.Module):
         self.register_buffer("in_std", torch.ones(in_dim))
 
     @torch.no_grad()
-    def set_input_stats(self, x: torch.Tensor) -> None:
-        """Standardise inputs with the mean / std of `x (T, D)` (the training instances):
+    def set_input_stats(self, stats: InputStats) -> None:
+        """Standardise inputs with the per-dimension mean / std of the training instances:
         encoder features come at any scale, and unscaled ones stall the gate's training."""
-        self.in_mean.copy_(x.mean(0))
-        self.in_std.copy_(x.std(0).clamp_min(1e-6))
+        self.in_mean.copy_(stats.mean)
+        self.in_std.copy_(stats.std.clamp_min(1e-6))
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> MILOutput:
         x = (x - self.in_mean) / self.in_std

@@ -8,7 +8,9 @@ import torch
 
 from lrmil.data import read_features
 from lrmil.distill import load_config, load_student, run
-from lrmil.distill.stage1 import read_stage1_features
+from lrmil.data.store import FeatureStore
+from lrmil.distill.layout import RunLayout
+from lrmil.distill.stage1 import stage1_features
 
 
 @pytest.mark.slow
@@ -50,7 +52,8 @@ def test_encoder_mode_end_to_end(tmp_path):
         patch = slide.read_region(int(x), int(y), coords.lr_patch_size_level0, coords.patch_size)
     with torch.no_grad():
         emb = encoder.encode(torch.from_numpy(np.ascontiguousarray(patch))[None])[0]
-    stage1 = read_stage1_features(run_dir / "fold_1")[name][0]
+    stage1 = torch.from_numpy(FeatureStore().read(stage1_features(RunLayout(run_dir).fold(1),
+                                                                  name))[0])
     torch.testing.assert_close(emb, stage1, rtol=1e-4, atol=1e-4)
     base = read_features(feats / "lr" / f"{name}.h5").features[0]
     assert not np.allclose(stage1.numpy(), base, atol=1e-4)  # stage 1 changed the encoder

@@ -6,9 +6,11 @@ import torch
 
 from lrmil.distill import load_config, load_student, run
 from lrmil.distill.checkpoint import load_mil
+from lrmil.data.store import FeatureStore
+from lrmil.distill.layout import RunLayout
 from lrmil.distill.predictions import read_predictions
-from lrmil.distill.stage1 import read_stage1_features
-from lrmil.distill.teacher import read_teacher_outputs
+from lrmil.distill.stage1 import stage1_features
+from lrmil.distill.teacher import teacher_attn_logits, teacher_logits
 from lrmil.distill.toy import TINY_OVERRIDES
 
 MODELS = ["teacher", "baseline", "student", "student_no_stage1", "student_no_attn_kd",
@@ -56,11 +58,17 @@ def test_teacher_saves_logits_and_attention_logits(toy_run, toy_features):
     from lrmil.distill.cohort import load_cohort
 
     cohort = load_cohort(toy_features, toy_features / "labels.csv")
-    outputs = read_teacher_outputs(out / "fold_1" / "teacher_outputs.h5")
-    assert sorted(outputs) == cohort.names
-    model, _ = load_mil(out / "fold_1" / "teacher.safetensors")
-    for name, (logits, attn_logits) in outputs.items():
-        hr = cohort.slides[name].hr
+    fold = RunLayout(out).fold(1)
+    import h5py
+
+    with h5py.File(fold.teacher_outputs) as fh:
+        assert sorted(fh) == cohort.names
+    model, _ = load_mil(fold.model("teacher"))
+    read = cohort.store.read
+    for name in cohort.names:
+        logits = torch.from_numpy(read(teacher_logits(fold.teacher_outputs, name)))
+        attn_logits = torch.from_numpy(read(teacher_attn_logits(fold.teacher_outputs, name)))
+        hr = torch.from_numpy(read(cohort.hr(name)))
         assert logits.shape == (2,) and attn_logits.shape == (hr.shape[0],)
         # Pre-softmax logits (not weights, not the bag vector): softmax over the bag gives
         # the weights of the pooling that produced the saved slide logits.
@@ -102,6 +110,19 @@ def test_a_resumed_run_equals_an_uninterrupted_one(toy_run, toy_features, tmp_pa
     assert (reference / "report.md").read_text() == (tmp_path / "report.md").read_text()
 
 
+def test_the_data_settings_change_no_result(toy_run, toy_features, tmp_path):
+    """No cache and 2 reading processes, or everything cached read in-process: the same
+    predictions (nothing depends on how features are read)."""
+    reference, _ = toy_run
+    run(config(toy_features, tmp_path, "data.cache_gb=0", "data.workers=2"))
+    for model in MODELS:
+        a = read_predictions(reference / "fold_3" / f"pred_{model}.csv")
+        b = read_predictions(tmp_path / "fold_3" / f"pred_{model}.csv")
+        np.testing.assert_array_equal(a[2], b[2])
+    # and a run is resumed whatever they are
+    run(config(toy_features, tmp_path, "data.cache_gb=1", "data.workers=0"))
+
+
 def test_other_settings_in_an_existing_run_are_refused(toy_run, toy_features):
     out, _ = toy_run
     from lrmil.errors import ConfigError
@@ -114,10 +135,10 @@ def test_student_checkpoint_loads_and_predicts_the_same(toy_run):
     out, _ = toy_run
     encoder, mil, config_json = load_student(out, fold=2)
     names, _, probs = read_predictions(out / "fold_2" / "pred_student.csv")
-    features = read_stage1_features(out / "fold_2")
+    store = FeatureStore()
     with torch.no_grad():
         for name, expected in zip(names, probs, strict=True):
-            x = features[name]
+            x = torch.from_numpy(store.read(stage1_features(RunLayout(out).fold(2), name)))
             got = torch.softmax(mil(x, torch.tensor([0, len(x)])).logits, 1)[0]
             np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
         # adapter mode: the encoder includes the adapter and gives the student's input size

@@ -1,22 +1,37 @@
 import pytest
 import torch
 
-from lrmil.mil import Bag, GatedABMIL, collate, pack
+from lrmil.mil import Bag, GatedABMIL, InputStats, collate, pack
 from lrmil.ops import reference
 
 
 def test_pack_offsets_and_collate():
-    bags = [Bag("a", torch.ones(3, 4), 1, torch.zeros(2), torch.arange(3.0)),
-            Bag("b", torch.zeros(0, 4), 0, torch.ones(2), torch.zeros(0)),
-            Bag("c", torch.ones(2, 4), 0, torch.ones(2), torch.ones(2))]
+    bags = [Bag("a", torch.arange(12.0).reshape(3, 4), 1), Bag("b", torch.zeros(0, 4), 0),
+            Bag("c", torch.ones(2, 4), 0)]
     x, offsets = pack([b.features for b in bags])
     assert x.shape == (5, 4)
     assert offsets.tolist() == [0, 3, 3, 5]
     batch = collate(bags)
-    assert batch.labels.tolist() == [1, 0, 0]
-    assert batch.teacher_logits.shape == (3, 2)
-    assert batch.teacher_attn.tolist() == [0, 1, 2, 1, 1]
-    assert collate([Bag("d", torch.ones(1, 4), 0)]).teacher_logits is None
+    assert batch.names == ["a", "b", "c"] and batch.labels.tolist() == [1, 0, 0]
+    assert torch.equal(batch.x, x) and torch.equal(batch.offsets, offsets)
+    moved = batch.to("cpu")
+    assert moved is not batch and torch.equal(moved.x, x) and moved.names == batch.names
+
+
+def test_input_stats_bag_by_bag_equal_those_of_the_whole_set():
+    torch.manual_seed(0)
+    bags = [torch.randn(n, 5) * 3 + 7 for n in (1, 40, 0, 17, 300)]
+    stats = InputStats()
+    for bag in bags:
+        stats.add(bag)
+    whole = torch.cat(bags).double()
+    assert stats.count == len(whole)
+    torch.testing.assert_close(stats.mean, whole.mean(0).float())
+    torch.testing.assert_close(stats.std, whole.std(0).float())
+    with pytest.raises(ValueError, match="at least two"):
+        lone = InputStats()
+        lone.add(torch.ones(1, 5))
+        _ = lone.std
 
 
 @pytest.mark.parametrize("proj_dim", [None, 6])
@@ -65,7 +80,9 @@ def test_input_standardisation():
     x = torch.randn(20, 3) * torch.tensor([100.0, 1.0, 0.01]) + 5
     offsets = torch.tensor([0, 20])
     before = model(x, offsets).logits
-    model.set_input_stats(x)
+    stats = InputStats()
+    stats.add(x)
+    model.set_input_stats(stats)
     h = (x - x.mean(0)) / x.std(0)
     torch.testing.assert_close(model.in_mean, x.mean(0))
     after = model(x, offsets)
