@@ -261,7 +261,8 @@ def _one_value(by_slide: dict[str, Any], problem: str) -> Any:
         return next(iter(groups))
     ranked = sorted(groups.items(), key=lambda kv: (-len(kv[1]), str(kv[0])))
     common, others = ranked[0], ranked[1:]
-    parts = [f"{value} in {len(slides)} slide(s): {few(sorted(slides))}" for value, slides in others]
+    parts = [f"{value} in {len(slides)} slide(s): {few(sorted(slides))}"
+             for value, slides in others]
     raise FileFormatError(f"{problem}: {common[0]} in {len(common[1])} slide(s), "
                           + "; ".join(parts))
 

@@ -67,7 +67,8 @@ def test_nan_in_features_names_the_file_and_row(features, tmp_path):
     write_features(path, feats)
     cfg = load_config(overrides=TINY_OVERRIDES, features=str(features),
                       labels=str(features / "labels.csv"), out=str(tmp_path / "run"))
-    with pytest.raises(FileFormatError, match=r"lr/slide_005.h5: 'features' .*NaN.* first at row 3"):
+    with pytest.raises(FileFormatError,
+                       match=r"lr/slide_005.h5: 'features' .*NaN.* first at row 3"):
         run(cfg)
 
 

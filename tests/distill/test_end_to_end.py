@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lrmil.data import read_features
-from lrmil.distill import load_config, load_student, run
 from lrmil.data.store import FeatureStore
+from lrmil.distill import load_config, load_student, run
 from lrmil.distill.layout import RunLayout
 from lrmil.distill.stage1 import stage1_features
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from lrmil.data.store import FeatureStore
 from lrmil.distill import load_config, load_student, run
 from lrmil.distill.checkpoint import load_mil
-from lrmil.data.store import FeatureStore
 from lrmil.distill.layout import RunLayout
 from lrmil.distill.predictions import read_predictions
 from lrmil.distill.stage1 import stage1_features

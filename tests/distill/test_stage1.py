@@ -26,7 +26,8 @@ def test_targets_place_children_and_weigh_them_by_teacher_attention():
     assert t.valid.tolist() == [[False, False, True, False], [False, True, True, True],
                                 [True, False, False, True]]
     assert t.t.dtype == torch.float32 and t.t.shape == (3, 4, 2)
-    assert torch.equal(t.t[2, 3], torch.tensor([2.0, 3.0])) and torch.equal(t.t[0, 2], torch.full((2,), 7.0))
+    assert torch.equal(t.t[2, 3], torch.tensor([2.0, 3.0]))
+    assert torch.equal(t.t[0, 2], torch.full((2,), 7.0))
     assert torch.equal(t.t[2, 1], torch.zeros(2))  # invalid children are zeros
     # softmax of the teacher's attention logits over the valid children only
     torch.testing.assert_close(t.weight[2], torch.tensor([0.25, 0.0, 0.0, 0.75]))

@@ -1,7 +1,6 @@
+import h5py
 import numpy as np
 import torch
-
-import h5py
 
 from lrmil.data.store import FeatureStore
 from lrmil.distill.bags import feature_bags
