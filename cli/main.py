@@ -13,6 +13,11 @@ import typer
 # tens of ms per fused-op call when the cores are shared; sleeping threads cost microseconds.
 # Read once when libgomp loads, so it is set here; a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# torch's CPU allocator then backs allocations of 2 MiB or more with transparent huge pages:
+# first-touch page faults of fresh gradients and features (one per 4 KiB otherwise) cost the
+# fused ops' backward more system time than its arithmetic. Read once, at torch's first
+# allocation; a user's own setting wins.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 app = typer.Typer(
     name="lrmil",

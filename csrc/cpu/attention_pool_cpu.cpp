@@ -36,7 +36,7 @@ bool worth_threads(const AttentionPoolParams& p) {
 
 // sum_l w_l tanh(v_l) sigmoid(u_l): kept out of the OpenMP region, where GCC vectorises it.
 template <typename S>
-acc_t<S> gate_dot(const S* v, const S* u, const acc_t<S>* w, int64_t L) {
+LRMIL_CLONES acc_t<S> gate_dot(const S* v, const S* u, const acc_t<S>* w, int64_t L) {
   acc_t<S> e = 0;
 #pragma omp simd reduction(+ : e)
   for (int64_t l = 0; l < L; ++l) e += gate_term(load(v + l), load(u + l), w[l]);
@@ -77,6 +77,20 @@ void bag_softmax(const AttentionPoolParams& p, const A* logits, A* attn) {
   }
 }
 
+// acc = sum over n rows of attn[t] * x[t] (x streamed row after row).
+template <typename S>
+LRMIL_CLONES void pool_rows(const S* x, int64_t row_stride, const acc_t<S>* attn, int64_t n,
+                            int64_t D, acc_t<S>* acc) {
+  using A = acc_t<S>;
+  std::fill(acc, acc + D, A(0));
+  for (int64_t t = 0; t < n; ++t) {
+    const A a = attn[t];
+    const S* row = x + t * row_stride;
+#pragma omp simd
+    for (int64_t j = 0; j < D; ++j) acc[j] += a * load(row + j);
+  }
+}
+
 // Pooling in items of at most kPoolRows rows of one bag, each summing whole rows of x (streamed
 // in order) into its own partial; then each bag adds its items' partials in item order. The
 // items depend only on the offsets, so the sums do not depend on thread scheduling.
@@ -98,14 +112,8 @@ void pool(const AttentionPoolParams& p, const acc_t<S>* attn) {
     const int64_t b = bag_of_row(first_item.data(), p.n_bags, item);
     const int64_t start = p.offsets[b] + (item - first_item[b]) * kPoolRows;
     const int64_t end = std::min(p.offsets[b + 1], start + kPoolRows);
-    A* acc = partial.data() + item * D;
-    std::fill(acc, acc + D, A(0));
-    for (int64_t t = start; t < end; ++t) {
-      const A a = attn[t];
-      const S* row = x + t * p.x_row_stride;
-#pragma omp simd
-      for (int64_t j = 0; j < D; ++j) acc[j] += a * load(row + j);
-    }
+    pool_rows(x + start * p.x_row_stride, p.x_row_stride, attn + start, end - start, D,
+              partial.data() + item * D);
   }
 #pragma omp parallel for schedule(static) if (worth_threads(p))
   for (int64_t b = 0; b < p.n_bags; ++b) {
@@ -130,6 +138,20 @@ void forward(const AttentionPoolParams& p) {
   pool<S>(p, attn);
 }
 
+// One row's g . x (returned) and, unless gx is null, gx = a * g.
+template <typename S>
+LRMIL_CLONES acc_t<S> row_grad(const S* row, const S* g, acc_t<S> a, int64_t D, S* gx) {
+  using A = acc_t<S>;
+  A dot = 0;
+#pragma omp simd reduction(+ : dot)
+  for (int64_t j = 0; j < D; ++j) dot += load(g + j) * load(row + j);
+  if (gx) {
+#pragma omp simd
+    for (int64_t j = 0; j < D; ++j) store(gx + j, a * load(g + j));
+  }
+  return dot;
+}
+
 // d(loss)/d(attn_t) including the path through pooled, and grad_x = attn_t * grad_pooled[b]
 // unless grad_x is null (x needs no gradient, e.g. cached features).
 template <typename S>
@@ -144,17 +166,8 @@ void attn_grad_and_grad_x(const AttentionPoolParams& p, acc_t<S>* grad_a) {
 #pragma omp parallel for schedule(static) if (worth_threads(p))
   for (int64_t t = 0; t < p.n_rows; ++t) {
     const S* g = gp + bag_of_row(p.offsets, p.n_bags, t) * p.grad_pooled_row_stride;
-    const S* row = x + t * p.x_row_stride;
-    A dot = 0;
-#pragma omp simd reduction(+ : dot)
-    for (int64_t j = 0; j < D; ++j) dot += load(g + j) * load(row + j);
+    const A dot = row_grad(x + t * p.x_row_stride, g, attn[t], D, grad_x ? grad_x + t * D : nullptr);
     grad_a[t] = dot + (grad_attn ? grad_attn[t] : A(0));
-    if (grad_x) {
-      S* gx = grad_x + t * D;
-      const A a = attn[t];
-#pragma omp simd
-      for (int64_t j = 0; j < D; ++j) store(gx + j, a * load(g + j));
-    }
   }
 }
 
@@ -174,6 +187,30 @@ void bag_softmax_backward(const AttentionPoolParams& p, A* grad) {
   }
 }
 
+// n rows of grad_proj (row stride 2L) from the recomputed gate, and their grad_w partials
+// gw[0:L] and grad_b_w partial gw[L] (added to gw).
+template <typename S>
+LRMIL_CLONES void gate_rows_backward(const S* proj, int64_t proj_row_stride, const acc_t<S>* w,
+                                     const acc_t<S>* grad_logit, int64_t n, int64_t L,
+                                     S* grad_proj, acc_t<S>* gw) {
+  using A = acc_t<S>;
+  for (int64_t t = 0; t < n; ++t) {
+    const A de = grad_logit[t];
+    const S* v = proj + t * proj_row_stride;
+    const S* u = v + L;
+    S* gv = grad_proj + t * 2 * L;
+    S* gu = gv + L;
+#pragma omp simd
+    for (int64_t l = 0; l < L; ++l) {
+      const GateGrad<A> g = gate_term_grad(load(v + l), load(u + l), w[l], de);
+      store(gv + l, g.dv);
+      store(gu + l, g.du);
+      gw[l] += de * g.gate;
+    }
+    gw[L] += de;
+  }
+}
+
 // grad_proj row by row from the recomputed gate; grad_w and grad_b_w from per-chunk partials
 // summed in chunk order.
 template <typename S>
@@ -187,23 +224,9 @@ void gate_backward(const AttentionPoolParams& p, const acc_t<S>* grad_logit) {
   std::vector<A> partial(static_cast<size_t>(chunks * (L + 1)), A(0));
 #pragma omp parallel for schedule(dynamic, 1) if (worth_threads(p))
   for (int64_t c = 0; c < chunks; ++c) {
-    A* gw = partial.data() + c * (L + 1);
-    const int64_t end = std::min(p.n_rows, (c + 1) * kRowChunk);
-    for (int64_t t = c * kRowChunk; t < end; ++t) {
-      const A de = grad_logit[t];
-      const S* v = proj + t * p.proj_row_stride;
-      const S* u = v + L;
-      S* gv = grad_proj + t * 2 * L;
-      S* gu = gv + L;
-#pragma omp simd
-      for (int64_t l = 0; l < L; ++l) {
-        const GateGrad<A> g = gate_term_grad(load(v + l), load(u + l), w[l], de);
-        store(gv + l, g.dv);
-        store(gu + l, g.du);
-        gw[l] += de * g.gate;
-      }
-      gw[L] += de;
-    }
+    const int64_t first = c * kRowChunk, n = std::min(p.n_rows, first + kRowChunk) - first;
+    gate_rows_backward(proj + first * p.proj_row_stride, p.proj_row_stride, w, grad_logit + first,
+                       n, L, grad_proj + first * 2 * L, partial.data() + c * (L + 1));
   }
   A* grad_w = static_cast<A*>(p.grad_w);
   A* grad_b_w = static_cast<A*>(p.grad_b_w);

@@ -11,17 +11,26 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #define LRMIL_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define LRMIL_HD inline __attribute__((always_inline))
 #else
 #define LRMIL_HD inline
 #endif
 
-// CPU hot loops: LRMIL_CLONES compiles a function for AVX2 and for the build's baseline (SSE2
-// on x86-64) and picks one when the library loads (GCC / Clang target_clones, an ifunc), so the
-// build needs no -march flag and still runs everywhere. LRMIL_INLINE templates are inlined into
-// each clone and so compiled for its instruction set.
-#if !defined(__CUDACC__) && defined(__x86_64__) && defined(__has_attribute)
-#if __has_attribute(target_clones) && defined(__linux__)
+// CPU hot loops: LRMIL_CLONES compiles a function for x86-64-v4 (AVX-512), x86-64-v3 (AVX2 +
+// FMA) and the build's baseline (SSE2 on x86-64) and picks one when the library loads (GCC
+// target_clones, an ifunc), so the build needs no -march flag and still runs everywhere. The
+// per-element helpers (LRMIL_HD, LRMIL_INLINE) are always inlined, so each clone compiles them
+// for its own instruction set: a call out to a baseline copy would undo the clone (the gate's
+// exp/tanh/sigmoid ran 5x slower that way). Results can differ between instruction sets in the
+// last bits (vector width changes the order of in-register partial sums); on one machine they
+// are bit-identical run to run and for any thread count.
+#if !defined(__CUDACC__) && defined(__x86_64__) && defined(__linux__) && defined(__has_attribute)
+#if __has_attribute(target_clones) && defined(__clang__)
 #define LRMIL_CLONES __attribute__((target_clones("avx2", "default")))
+#elif __has_attribute(target_clones)
+#define LRMIL_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #endif
 #endif
 #if !defined(LRMIL_CLONES)
