@@ -44,8 +44,12 @@ def distill(
         cfg = load_config(config, overrides, features=str(features), labels=str(labels),
                           out=str(out), tiled=None if tiled is None else str(tiled))
         console = Console()
-        with step_spinner(console) as on_step:
+        rank, world = _rank()
+        progress = step_spinner(console) if world == 1 else step_lines(console, rank)
+        with progress as on_step:
             report = run(cfg, on_step=on_step, on_note=console.print)
+        if report is None:  # a torchrun rank other than 0: rank 0 reports
+            return
         table = Table(*SUMMARY_HEADER, title=f"{len(report['folds'])}-fold test metrics")
         for row in summary_rows(report):
             table.add_row(*row)
@@ -78,3 +82,27 @@ def step_spinner(console: Console) -> Iterator[Callable]:
                 progress.stop_task(task)
 
         yield on_step
+
+
+def _rank() -> tuple[int, int]:
+    """(rank, world size) of this process: torchrun's, or (0, 1)."""
+    from lrmil.runner.distributed import Ranks
+
+    ranks = Ranks.from_env()
+    return ranks.rank, ranks.world
+
+
+@contextlib.contextmanager
+def step_lines(console: Console, rank: int) -> Iterator[Callable]:
+    """An `on_step` hook for a torchrun rank: a plain line when each step starts and ends,
+    named by the rank (several processes share the terminal or the job's log)."""
+    import time
+
+    @contextlib.contextmanager
+    def on_step(description: str) -> Iterator[None]:
+        console.print(f"rank {rank}: {description}")
+        start = time.perf_counter()
+        yield None
+        console.print(f"rank {rank}: {description}: done in {time.perf_counter() - start:.1f} s")
+
+    yield on_step

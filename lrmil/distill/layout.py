@@ -6,6 +6,7 @@
     RUN/fold_<k>/teacher_outputs.h5       /<slide>/logits (C,), /<slide>/attn_logits (M,)
     RUN/fold_<k>/stage1_adapter.safetensors or stage1_encoder.safetensors
     RUN/fold_<k>/stage1_features.h5       /<slide> (N, D): the student's input
+    RUN/runs/<start>-<host>-<pid>.json    the record of each process (lrmil.runner.record)
 """
 
 from __future__ import annotations

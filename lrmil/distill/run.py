@@ -3,7 +3,8 @@ inference.
 
 Each step is skipped when its outputs exist (the model's safetensors file is written last), so
 an interrupted run resumes where it stopped. Every step seeds itself from (seed, fold, step),
-so a resumed run gives the same models as an uninterrupted one.
+so a resumed run, or one whose folds are spread across torchrun ranks (lrmil.distill.parallel),
+gives the same models as an uninterrupted one-process run.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from lrmil.distill.checkpoint import load_mil, load_state
 from lrmil.distill.cohort import Cohort, few, load_cohort
 from lrmil.distill.config import DistillConfig, from_dict, save_config
 from lrmil.distill.layout import FoldLayout, RunLayout
+from lrmil.distill.parallel import FoldRanks
 from lrmil.distill.report import build_report, write_report
 from lrmil.distill.splits import Fold, check_splits, make_splits, read_splits, write_splits
 from lrmil.distill.stage1 import (
@@ -35,8 +37,10 @@ from lrmil.distill.stage1 import (
 )
 from lrmil.distill.student import train_student
 from lrmil.distill.teacher import train_teacher
-from lrmil.distill.train import Progress, resolve_device
+from lrmil.distill.train import Progress
 from lrmil.errors import ConfigError, FileFormatError
+from lrmil.runner.distributed import rank_device
+from lrmil.utils.atomic import remove_stale_temps
 
 # Settings that may change between a run and its resumption without changing any result.
 RESUMABLE_CHANGES = {"out", "device", "ablations", "stage1.read_workers", "features", "labels",
@@ -65,11 +69,14 @@ def cohort_notes(cohort: Cohort) -> list[str]:
 
 
 def run(cfg: DistillConfig, on_step: StepHook | None = None,
-        on_note: NoteHook | None = None) -> dict[str, Any]:
+        on_note: NoteHook | None = None) -> dict[str, Any] | None:
     """Train teacher, stage 1, student, baseline and the ablations on every fold; write the
     report (metrics.json, report.md, roc.png) and return it. `on_step(description)` is entered
     around each step that runs (the CLI shows progress with it); `on_note(line)` gets the
-    cohort's counts and warnings. Every input is checked before anything is written."""
+    cohort's counts and warnings. Every input is checked before anything is written.
+
+    Under torchrun the folds are spread across the ranks (lrmil.distill.parallel); rank 0
+    writes the report and returns it, the other ranks return None."""
     cfg.validate()
     hook = on_step or (lambda _desc: contextlib.nullcontext())
     layout = RunLayout(Path(cfg.out))
@@ -78,21 +85,34 @@ def run(cfg: DistillConfig, on_step: StepHook | None = None,
     geometry = check_stage1(cohort, cfg)
     _check_config(cfg, layout)
     folds = _splits(cfg, cohort, layout)
-    for line in cohort_notes(cohort):
-        (on_note or (lambda _line: None))(line)
 
-    layout.root.mkdir(parents=True, exist_ok=True)
-    _save_config(cfg, cohort, layout)
-    write_splits(folds, layout.splits)
-    device = resolve_device(cfg.device)
+    ranks = FoldRanks(layout.root)
+    device = torch.device(rank_device(cfg.device, ranks.ranks.local_rank))
+    steps = {f.index: list(_fold_steps(cfg, cohort, f, layout.fold(f.index), device, geometry))
+             for f in folds}
+    with ranks:
+        if ranks.main:
+            for line in cohort_notes(cohort):
+                (on_note or (lambda _line: None))(line)
+            layout.root.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(layout.root)  # of processes killed mid-write
+            _save_config(cfg, cohort, layout)
+            write_splits(folds, layout.splits)
+        pending = [k for k, fold_steps in steps.items()  # what rank 0 sees is dealt out
+                   if any(not step.done.exists() for step in fold_steps)]
+        for k in ranks.share(pending, cfg.to_dict()):
+            out = layout.fold(k)
+            out.dir.mkdir(exist_ok=True)
+            for step in steps[k]:
+                if not step.done.exists():
+                    with hook(f"fold {k}: {step.name}") as tick:
+                        step.work(tick)
+            for done in (out.teacher_outputs, out.stage1_features):
+                store.forget(done)  # the next fold does not read this one's files
+        ranks.finished()  # rank 0: every rank has finished its folds
+        if not ranks.main:
+            return None
     models = ["teacher", "baseline", "student", *(f"student_{a}" for a in cfg.ablations)]
-    for fold in folds:
-        out = layout.fold(fold.index)
-        out.dir.mkdir(exist_ok=True)
-        for step in _fold_steps(cfg, cohort, fold, out, device, geometry):
-            step(hook)
-        for done in (out.teacher_outputs, out.stage1_features):
-            store.forget(done)  # the next fold does not read this one's files
     report = build_report(layout.root, [f.index for f in folds], models, cohort.class_names,
                           {"mode": cfg.stage1.mode if cfg.stage1.enabled else "none",
                            "cohort": cohort.summary()})
@@ -100,24 +120,23 @@ def run(cfg: DistillConfig, on_step: StepHook | None = None,
     return report
 
 
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One training step of a fold: done when its last output exists."""
+
+    name: str
+    done: Path
+    work: Callable[[Progress | None], None]
+
+
 def _fold_steps(cfg: DistillConfig, cohort: Cohort, fold: Fold, out: FoldLayout,
-                device: torch.device, geometry: SlideGeometry | None
-                ) -> Iterator[Callable[[StepHook], None]]:
+                device: torch.device, geometry: SlideGeometry | None) -> Iterator[Step]:
     k = fold.index
-
-    def once(name: str, done: Path, work: Callable[[Progress | None], None]
-             ) -> Callable[[StepHook], None]:
-        def step(hook: StepHook) -> None:
-            if not done.exists():
-                with hook(f"fold {k}: {name}") as tick:
-                    work(tick)
-        return step
-
-    yield once("teacher", out.model("teacher"),
+    yield Step("teacher", out.model("teacher"),
                lambda tick: train_teacher(cohort, fold, cfg, out, device,
                                           seed_for(cfg.seed, k, "teacher"), tick))
     if cfg.stage1.enabled:
-        yield once(f"stage 1 ({cfg.stage1.mode})", out.stage1_features,
+        yield Step(f"stage 1 ({cfg.stage1.mode})", out.stage1_features,
                    lambda _tick: run_stage1(cohort, fold.train, cfg, out, device,
                                             seed_for(cfg.seed, k, "stage1"), geometry))
 
@@ -133,11 +152,11 @@ def _fold_steps(cfg: DistillConfig, cohort: Cohort, fold: Fold, out: FoldLayout,
     if "no_logit_kd" in cfg.ablations:
         variants["student_no_logit_kd"] = (dataclasses.replace(cfg.kd, lambda_bag=0.0), features)
     for name, (kd, feats) in variants.items():
-        yield once(name, out.model(name),
+        yield Step(name, out.model(name),
                    lambda tick, name=name, kd=kd, feats=feats: train_student(
                        cohort, fold, cfg, kd, feats, _width(cohort, feats), out, name, device,
                        seed_for(cfg.seed, k, "student"), tick))
-    yield once("baseline", out.model("baseline"),
+    yield Step("baseline", out.model("baseline"),
                lambda tick: train_baseline(cohort, fold, cfg, out, device,
                                            seed_for(cfg.seed, k, "baseline"), tick))
 

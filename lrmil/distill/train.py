@@ -39,12 +39,6 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)  # per epoch: loss, val_auc
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA; full precision on the CPU (bf16 there is slower, not faster)."""
     if device.type == "cuda":

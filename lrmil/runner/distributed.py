@@ -129,12 +129,15 @@ def rank_device(requested: str, local_rank: int = 0) -> str:
 class Group:
     """The torchrun ranks of one run, over a gloo process group."""
 
-    def __init__(self, ranks: Ranks, run: str) -> None:
+    def __init__(self, ranks: Ranks, run: str, work: str = "slides",
+                 timeout_s: float = TIMEOUT_S) -> None:
+        """`work`: what the ranks share out, as failure messages name it ("slides", "folds");
+        `timeout_s`: how long a rank waits for the others (the gloo timeout)."""
         import torch.distributed as dist
 
-        self.dist, self.ranks = dist, ranks
+        self.dist, self.ranks, self.work, self.timeout_s = dist, ranks, work, timeout_s
         try:
-            dist.init_process_group("gloo", timeout=timedelta(seconds=TIMEOUT_S))
+            dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
         except (RuntimeError, ValueError) as exc:
             raise ConfigError(f"torchrun rank {ranks.rank}: cannot join the process group "
                               f"({str(exc).splitlines()[0]})") from None
@@ -154,17 +157,23 @@ class Group:
         """Rank 0 waits for the others and adds their results to `summary`; the others wait
         for rank 0. RankFailed names a rank that died or stopped answering."""
         try:
+            self.wait()
             if self.ranks.rank == 0:
-                self._wait_for_all()
                 self._take_in(summary)
-            else:
-                try:
-                    self.dist.barrier()
-                except RuntimeError:
-                    raise RankFailed(f"rank {self.ranks.rank}: rank 0 ({self.members[0][0]}) "
-                                     "stopped answering; the run is incomplete") from None
         finally:
             self.close()
+
+    def wait(self) -> None:
+        """Every rank waits until every rank got here: rank 0 watching that the others still
+        run (RankFailed names one that died), the others waiting for rank 0."""
+        if self.ranks.rank == 0:
+            self._wait_for_all()
+            return
+        try:
+            self.dist.barrier()
+        except RuntimeError:
+            raise RankFailed(f"rank {self.ranks.rank}: rank 0 ({self.members[0][0]}) "
+                             "stopped answering; the run is incomplete") from None
 
     def close(self) -> None:
         if self.dist.is_initialized():
@@ -174,11 +183,11 @@ class Group:
         from lrmil.runner.record import read_record
 
         work = self.dist.barrier(async_op=True)
-        deadline = time.monotonic() + TIMEOUT_S
+        deadline = time.monotonic() + self.timeout_s
         while not work.is_completed():
             dead = self._dead_ranks(read_record)
             if dead:
-                raise RankFailed(self._failure(dead, "died before finishing its slides"))
+                raise RankFailed(self._failure(dead, f"died before finishing its {self.work}"))
             if time.monotonic() > deadline:
                 break
             time.sleep(POLL_S)
@@ -207,7 +216,7 @@ class Group:
     def _failure(self, ranks: list[int], what: str, detail: str = "") -> str:
         names = ", ".join(f"rank {r} ({self.members[r][0]})" for r in ranks) or "a rank"
         extra = f" ({detail})" if detail else ""
-        return (f"{names} {what}{extra}; the slides it held are incomplete: run the same "
+        return (f"{names} {what}{extra}; the {self.work} it held are incomplete: run the same "
                 "command again to do what is missing")
 
     def _take_in(self, summary: RunSummary) -> None:
