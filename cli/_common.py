@@ -31,16 +31,30 @@ state = State()
 
 @contextlib.contextmanager
 def known_errors() -> Iterator[None]:
-    """Turn a known error (LrmilError, bad input) into one red line and exit code 1."""
-    from lrmil.errors import LrmilError
-
+    """Any error as one red line and exit code 1 (the traceback only with --debug): a known one
+    (LrmilError, a missing or unreadable file) as it is; anything else as an internal error to
+    report."""
     try:
         yield
-    except (LrmilError, FileNotFoundError, PermissionError) as exc:
-        if state.debug:
-            raise
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
+    except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own signalling
+        raise
     except KeyboardInterrupt:
         typer.secho("interrupted", fg=typer.colors.YELLOW, err=True)
         sys.exit(130)
+    except Exception as exc:
+        if state.debug:
+            raise
+        typer.secho(f"error: {one_line(exc)}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+
+
+def one_line(exc: BaseException) -> str:
+    """The message a user reads: a known error's text, else its type and text and how to get
+    the traceback."""
+    from lrmil.errors import LrmilError
+
+    text = " ".join(str(exc).split())
+    if isinstance(exc, (LrmilError, OSError)):
+        return text
+    return (f"internal error {type(exc).__name__}: {text} (a bug: rerun with --debug for the "
+            "traceback and report it)")

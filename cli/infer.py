@@ -61,12 +61,12 @@ def infer(
         from lrmil.errors import ConfigError
         from lrmil.infer import infer_slides, load_engine
         from lrmil.runner.distributed import Ranks, rank_device
+        from lrmil.utils.paths import check_out_path
         from lrmil.wsi import load_mpp_csv
 
         if mpp is not None and mpp_csv is not None:
             raise ConfigError("give either --mpp or --mpp-csv, not both")
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"{out}: --out must be a folder, and this is an existing file")
+        check_out_path(out)  # before the engine loads
         override = load_mpp_csv(mpp_csv) if mpp_csv is not None else mpp
         torch_device = rank_device(device, Ranks.from_env(shard).local_rank)
         runner = load_engine(engine.value, model, export_dir, fold, torch_device)

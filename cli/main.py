@@ -8,6 +8,7 @@ import os
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 # libgomp (loaded with torch, later) spin-waits between parallel regions by default, which costs
 # tens of ms per fused-op call when the cores are shared; sleeping threads cost microseconds.
@@ -19,7 +20,23 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # allocation; a user's own setting wins.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
+
+
+class DebugAnywhere(TyperGroup):
+    """`--debug` is taken wherever it stands before a `--` (`lrmil tile ... --debug` as well as
+    `lrmil --debug tile ...`): it is removed before the subcommand parses its options."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        from lrmil.cli import _common
+
+        end = args.index("--") if "--" in args else len(args)
+        _common.state.debug = "--debug" in args[:end]
+        args = [a for a in args[:end] if a != "--debug"] + args[end:]
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
+    cls=DebugAnywhere,
     name="lrmil",
     help="Low-resolution MIL for whole slide images, distilled from high resolution.",
     no_args_is_help=True,
@@ -44,15 +61,13 @@ def main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show full tracebacks for known errors.")
+    debug: Annotated[  # taken by DebugAnywhere, listed here for --help
+        bool, typer.Option("--debug", help="Show the full traceback of an error (anywhere on the "
+                           "command line).")
     ] = False,
 ) -> None:
     """lrmil: tile, embed, distill, export and infer, reading only low-resolution patches at
     inference."""
-    from lrmil.cli import _common
-
-    _common.state.debug = debug
 
 
 for _name in COMMAND_MODULES:

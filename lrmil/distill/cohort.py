@@ -11,7 +11,6 @@ silently. Values are checked (NaN/inf) where they are read, by the feature store
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 
 from lrmil.data.store import ArrayKey, FeatureStore, FileInfo
 from lrmil.errors import ConfigError, FileFormatError
+from lrmil.utils.csvfile import read_csv
 
 
 @dataclass(frozen=True)
@@ -92,26 +92,23 @@ class Cohort:
         return (self.slides[name].hr_path, f"layers/{layer}")
 
 
+# Every fold's train, validation and test sets hold each class, so a class needs 3 slides.
+MIN_CLASS_SLIDES = 3
+
+
 def read_labels(path: Path) -> tuple[dict[str, str], dict[str, str]]:
     """`slide,label[,patient]` -> ({slide: label}, {slide: patient}); patient defaults to the
     slide."""
-    if not path.is_file():
-        raise FileFormatError(f"labels CSV {path} does not exist")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        fields = reader.fieldnames or []
-        if "slide" not in fields or "label" not in fields:
-            raise FileFormatError(f"labels CSV {path} needs columns slide,label[,patient]; "
-                                  f"found {fields}")
-        labels, patients = {}, {}
-        for line, row in enumerate(reader, start=2):
-            slide, label = (row["slide"] or "").strip(), (row["label"] or "").strip()
-            if not slide or not label:
-                raise FileFormatError(f"labels CSV {path} line {line}: empty slide or label")
-            if slide in labels:
-                raise FileFormatError(f"labels CSV {path} line {line}: slide {slide!r} repeated")
-            labels[slide] = label
-            patients[slide] = (row.get("patient") or "").strip() or slide
+    table = read_csv(path, "labels CSV", ("slide", "label"))
+    labels, patients = {}, {}
+    for line, row in table.records():
+        slide, label = row["slide"], row["label"]
+        if not slide or not label:
+            raise FileFormatError(f"labels CSV {path} line {line}: empty slide or label")
+        if slide in labels:
+            raise FileFormatError(f"labels CSV {path} line {line}: slide {slide!r} repeated")
+        labels[slide] = label
+        patients[slide] = row.get("patient") or slide
     if not labels:
         raise FileFormatError(f"labels CSV {path} has no rows")
     return labels, patients
@@ -126,6 +123,19 @@ def class_names_of(labels: dict[str, str], path: Path) -> list[str]:
     if all(n.lstrip("-").isdigit() for n in names):
         return sorted(names, key=int)
     return sorted(names)
+
+
+def check_class_sizes(labels: dict[str, str], path: Path) -> None:
+    """Every class needs a slide in each fold's train, validation and test set; a class with
+    fewer is most often a typo in the labels CSV."""
+    counts = Counter(labels.values())
+    rare = sorted(n for n in counts if counts[n] < MIN_CLASS_SLIDES)
+    if rare:
+        others = ", ".join(f"{n!r}: {counts[n]}" for n in sorted(counts) if n not in rare)
+        raise ConfigError(
+            f"labels CSV {path}: class {rare[0]!r} has {counts[rare[0]]} slide(s), fewer than the "
+            f"{MIN_CLASS_SLIDES} that train, validation and test each need one of; a typo in the "
+            f"label? (other classes: {others})")
 
 
 def load_cohort(features_dir: Path, labels_csv: Path, store: FeatureStore | None = None
@@ -152,6 +162,7 @@ def load_cohort(features_dir: Path, labels_csv: Path, store: FeatureStore | None
             raise FileFormatError(f"{len(missing)} slide(s) have no {kind} features in {folder}: "
                                   f"{few(missing)}")
 
+    check_class_sizes(labels, labels_csv)
     names = sorted(labels)
     lr_info = {n: store.inspect(lr_dir / f"{n}.h5") for n in names}
     hr_info = {n: store.inspect(hr_dir / f"{n}.h5") for n in names}

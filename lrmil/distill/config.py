@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from typing import Any
 
 from lrmil.errors import ConfigError
 from lrmil.utils.atomic import atomic_write_text
+from lrmil.utils.configfile import read_settings
 
 ABLATIONS = ("no_stage1", "no_attn_kd", "no_logit_kd")
 
@@ -133,10 +135,12 @@ class DistillConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
     def validate(self) -> DistillConfig:
-        if self.folds < 2:
-            raise ConfigError(f"folds must be >= 2, got {self.folds}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        """Every setting checked, each refusal naming the setting: called before anything is
+        read or written, so that a refused run leaves nothing behind."""
+        flat = _flat_fields(self)
+        for name, allowed in RANGES.items():
+            if flat[name] is not None:
+                allowed.check(name, flat[name])
         if self.stage1.mode not in ("encoder", "adapter"):
             raise ConfigError(
                 f"stage1.mode must be 'encoder' or 'adapter', got {self.stage1.mode!r}")
@@ -145,21 +149,81 @@ class DistillConfig:
         unknown = sorted(set(self.ablations) - set(ABLATIONS))
         if unknown:
             raise ConfigError(f"unknown ablations {unknown}; choose from {list(ABLATIONS)}")
-        if self.data.cache_gb is not None and self.data.cache_gb < 0:
-            raise ConfigError(f"data.cache_gb must be >= 0 (0: no cache), got {self.data.cache_gb}")
-        if self.data.workers < 0 or self.data.prefetch < 1:
-            raise ConfigError(f"data.workers must be >= 0 and data.prefetch >= 1, got "
-                              f"{self.data.workers} and {self.data.prefetch}")
-        if self.stage1.shuffle_mb < 1:
-            raise ConfigError(f"stage1.shuffle_mb must be >= 1, got {self.stage1.shuffle_mb}")
-        for name in ("teacher", "baseline", "student"):
-            train: TrainConfig = getattr(self, name)
-            if train.epochs < 1 or train.batch_bags < 1:
-                raise ConfigError(f"{name}.epochs and {name}.batch_bags must be >= 1")
+        from lrmil.runner.distributed import rank_device
+
+        rank_device(self.device, setting="device")  # auto, cpu, cuda, cuda:N, and present
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take: low <= v (low < v if open_low) and v <= high."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def check(self, name: str, value: float) -> None:
+        ok = math.isfinite(value)
+        if self.low is not None:
+            ok = ok and (value > self.low if self.open_low else value >= self.low)
+        if self.high is not None:
+            ok = ok and (value < self.high if self.open_high else value <= self.high)
+        if not ok:
+            raise ConfigError(f"{name} must be {self.describe()}, got {value}")
+
+    def describe(self) -> str:
+        low = None if self.low is None else f"{'>' if self.open_low else '>='} {self.low:g}"
+        high = None if self.high is None else f"{'<' if self.open_high else '<='} {self.high:g}"
+        if low and high:
+            return f"{low} and {high}"
+        return low or high or "finite"
+
+
+def _train_ranges(prefix: str) -> dict[str, Range]:
+    return {f"{prefix}.epochs": Range(1), f"{prefix}.batch_bags": Range(1),
+            f"{prefix}.lr": Range(0, open_low=True), f"{prefix}.weight_decay": Range(0),
+            f"{prefix}.grad_clip": Range(0), f"{prefix}.patience": Range(1),
+            f"{prefix}.min_epochs": Range(0)}
+
+
+# Every numeric setting (a test checks that none is missing). A null, where the type allows
+# it, is not checked.
+RANGES: dict[str, Range] = {
+    "folds": Range(2),
+    "seed": Range(0),
+    "val_fraction": Range(0, 1, open_low=True, open_high=True),
+    "mil.hidden": Range(1),
+    "mil.proj_dim": Range(1),
+    "mil.dropout": Range(0, 1, open_high=True),
+    **_train_ranges("teacher"), **_train_ranges("baseline"), **_train_ranges("student"),
+    "kd.lambda_ce": Range(0), "kd.lambda_bag": Range(0), "kd.lambda_soft": Range(0),
+    "kd.lambda_hard": Range(0),
+    "kd.t_bag": Range(0, open_low=True), "kd.t_attn": Range(0, open_low=True),
+    "kd.topk": Range(1),
+    "stage1.lambda_layer": Range(0), "stage1.lambda_attn": Range(0),
+    "stage1.epochs": Range(1), "stage1.batch_patches": Range(1),
+    "stage1.lr": Range(0, open_low=True), "stage1.weight_decay": Range(0),
+    "stage1.grad_clip": Range(0), "stage1.adapter_hidden": Range(1),
+    "stage1.read_workers": Range(1), "stage1.shuffle_mb": Range(1),
+    "data.cache_gb": Range(0), "data.workers": Range(0), "data.prefetch": Range(1),
+}
+
+
+def _flat_fields(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """{dotted setting: value} over the dataclass tree."""
+    flat: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            flat.update(_flat_fields(value, f"{prefix}{f.name}."))
+        else:
+            flat[f"{prefix}{f.name}"] = value
+    return flat
 
 
 def from_dict(data: dict[str, Any], cls: type = DistillConfig, prefix: str = "") -> Any:
@@ -181,7 +245,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults, then the file (YAML or TOML), then keyword fields, then dotted overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        data = _read_file(Path(path))
+        data = read_settings(path)
     data = _merge(data, {k: v for k, v in fields.items() if v is not None})
     for item in overrides or []:
         key, sep, raw = item.partition("=")
@@ -194,30 +258,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def save_config(cfg: DistillConfig, path: Path, extra: dict[str, Any] | None = None) -> None:
     payload = {**cfg.to_dict(), **(extra or {})}
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True))
-
-
-def _read_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        elif path.suffix.lower() in (".yaml", ".yml", ".json"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            raise ConfigError(f"config file {path}: use .yaml, .yml, .toml or .json")
-    except ConfigError:
-        raise
-    except Exception as exc:  # yaml/toml parse errors carry the line number
-        raise ConfigError(f"config file {path} cannot be parsed: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of settings")
-    return data
 
 
 def _parse_scalar(raw: str) -> Any:

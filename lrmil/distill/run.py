@@ -41,6 +41,7 @@ from lrmil.distill.train import Progress
 from lrmil.errors import ConfigError, FileFormatError
 from lrmil.runner.distributed import rank_device
 from lrmil.utils.atomic import remove_stale_temps
+from lrmil.utils.paths import check_out_path
 
 # Settings that may change between a run and its resumption without changing any result.
 RESUMABLE_CHANGES = {"out", "device", "ablations", "stage1.read_workers", "features", "labels",
@@ -78,6 +79,7 @@ def run(cfg: DistillConfig, on_step: StepHook | None = None,
     Under torchrun the folds are spread across the ranks (lrmil.distill.parallel); rank 0
     writes the report and returns it, the other ranks return None."""
     cfg.validate()
+    check_out_path(cfg.out)
     hook = on_step or (lambda _desc: contextlib.nullcontext())
     layout = RunLayout(Path(cfg.out))
     store = FeatureStore(cfg.data.cache_bytes(), cfg.data.workers, cfg.data.prefetch)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lrmil.errors import ConfigError, FileFormatError
+from lrmil.utils.csvfile import read_csv
 
 ROLES = ("train", "val", "test")
 
@@ -98,15 +99,12 @@ def write_splits(folds: list[Fold], path: Path) -> None:
 
 def read_splits(path: Path, known: set[str] | None = None) -> list[Fold]:
     """Read `slide,fold_1..fold_k`; an empty cell leaves the slide out of that fold."""
-    if not path.is_file():
-        raise FileFormatError(f"splits file {path} does not exist")
-    with path.open(newline="") as fh:
-        rows = list(csv.reader(fh))
-    if not rows or not rows[0] or rows[0][0] != "slide" or len(rows[0]) < 3:
+    table = read_csv(path, "splits file", ("slide",))
+    header = table.header
+    if header[0] != "slide" or len(header) < 3:
         raise FileFormatError(f"splits file {path}: header must be slide,fold_1,...,fold_k")
-    header = rows[0]
     parts: list[dict[str, list[str]]] = [{r: [] for r in ROLES} for _ in header[1:]]
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in table.rows:
         if len(row) != len(header):
             raise FileFormatError(f"splits file {path} line {line}: expected {len(header)} cells")
         slide = row[0]

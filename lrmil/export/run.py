@@ -28,6 +28,7 @@ from lrmil.export.sidecar import (
 )
 from lrmil.infer.engines.trt_engine import ShapeRange, build_plan, environment_versions
 from lrmil.utils.atomic import atomic_write_text
+from lrmil.utils.paths import check_out_path
 
 DEFAULT_BATCH = ShapeRange(1, 64, 256)  # encoder patches per call
 DEFAULT_BAG = ShapeRange(1, 2048, 65536)  # LR patches per slide (1/16 of an HR bag)
@@ -41,10 +42,10 @@ def export_run(run: str | Path, out_dir: str | Path | None = None, fmt: str = "o
     from lrmil.export.source import load_run
 
     _check_options(fmt, fp16)
+    out = check_out_path(Path(out_dir) if out_dir is not None else Path(run) / "export")
     if fmt == "trt":
         environment_versions()  # say what is missing before loading anything
     model = load_run(run, fold)
-    out = Path(out_dir) if out_dir is not None else Path(run) / "export"
     return export_model(model.encoder, model.head, model.meta, out, fmt, fp16, batch, bag,
                         input_dtype)
 

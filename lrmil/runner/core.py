@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from lrmil.errors import ConfigError, LrmilError
+from lrmil.errors import LrmilError
 from lrmil.runner.claims import Claim, Claims
 from lrmil.runner.distributed import Group, Ranks, interleave_from_ends, split_by_size
 from lrmil.runner.identity import resolve
 from lrmil.runner.record import RunRecord, RunSummary, SlideResult, run_id, update_errors
 from lrmil.utils.atomic import remove_stale_temps
+from lrmil.utils.paths import check_out_dir
 from lrmil.utils.processes import worker_initializer
 from lrmil.utils.progress import SlideProgress
 
@@ -312,18 +313,3 @@ def _with_note(result: SlideResult, claim: Claim) -> SlideResult:
     if claim.note:
         result.note = "; ".join(n for n in (result.note, claim.note) if n)
     return result
-
-
-def check_out_dir(out_dir: str | os.PathLike[str]) -> Path:
-    """The output folder, created; ConfigError (one line) if it cannot be."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: --out must be a folder, and this is an existing file")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"{out}: cannot write to the output folder ({exc.strerror})") from None
-    return out

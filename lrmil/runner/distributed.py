@@ -101,10 +101,10 @@ def interleave_from_ends(shares: list[list[T]], rank: int) -> list[T]:
     return [s[j] for j in range(max(map(len, others), default=0)) for s in others if j < len(s)]
 
 
-def rank_device(requested: str, local_rank: int = 0) -> str:
+def rank_device(requested: str, local_rank: int = 0, setting: str = "--device") -> str:
     """The torch device of this process from a --device value: 'auto' is cuda where torch sees
     one, else cpu; a bare 'cuda' under torchrun is this rank's GPU, cuda:LOCAL_RANK. A device
-    that does not exist here is refused in one line."""
+    that does not exist here is refused in one line naming `setting`."""
     import torch
 
     text = requested.strip().lower()
@@ -112,17 +112,17 @@ def rank_device(requested: str, local_rank: int = 0) -> str:
         text = "cuda" if torch.cuda.is_available() else "cpu"
     kind, _, index = text.partition(":")
     if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
-        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {requested!r}")
+        raise ConfigError(f"{setting} must be auto, cpu, cuda or cuda:N, got {requested!r}")
     if kind == "cpu":
         return "cpu"
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
-        raise ConfigError(f"--device {requested}: torch sees no CUDA device here "
-                          "(use --device cpu, or auto)")
+        raise ConfigError(f"{setting} {requested}: torch sees no CUDA device here "
+                          f"(use {setting} cpu, or auto)")
     if not index:
         return f"cuda:{local_rank % count}" if _env_int("WORLD_SIZE", 1) > 1 else "cuda"
     if int(index) >= count:
-        raise ConfigError(f"--device {requested}: torch sees {count} CUDA device(s)")
+        raise ConfigError(f"{setting} {requested}: torch sees {count} CUDA device(s)")
     return text
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lrmil.errors import ConfigError
+from lrmil.utils.configfile import read_settings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,24 +91,7 @@ class TilingConfig:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Tiling settings from a YAML, TOML or JSON file: TilingConfig fields at the top level or
     under a `tile` section, tissue-mask parameters under `tissue`."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
-    try:
-        if path.suffix.lower() == ".toml":
-            import tomllib  # Python >= 3.11
-
-            values = tomllib.loads(text)
-        else:  # YAML, which also reads JSON
-            import yaml
-
-            values = yaml.safe_load(text) or {}
-    except Exception as exc:  # tomllib.TOMLDecodeError, yaml.YAMLError
-        raise ConfigError(f"{path}: not a valid config file ({exc})") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: a config file must hold a mapping of settings")
+    values = read_settings(path)
     section = values.get("tile", values)
     TilingConfig.from_dict(section, source=str(path))  # validate early, naming the file
     return section

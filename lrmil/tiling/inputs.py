@@ -3,7 +3,6 @@ into a list of slide paths, resolved (so one file given two ways is one slide)."
 
 from __future__ import annotations
 
-import csv
 import glob
 import os
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from lrmil.errors import ConfigError
 from lrmil.runner.identity import resolve
+from lrmil.utils.csvfile import read_csv
 from lrmil.wsi import SLIDE_EXTENSIONS, slide_name
 
 
@@ -22,14 +22,8 @@ class SlideList:
 
 
 def _from_csv(path: Path) -> list[Path]:
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if "slide" not in (reader.fieldnames or []):
-                raise ConfigError(f"{path}: a slide list CSV needs a `slide` column")
-            names = [row["slide"].strip() for row in reader if row["slide"]]
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the slide list ({exc.strerror})") from None
+    table = read_csv(path, "slide list CSV", ("slide",))
+    names = [row["slide"] for _, row in table.records() if row["slide"]]
     return [_resolve(name, path.parent) for name in names]
 
 

@@ -5,12 +5,12 @@ slide with neither needs an explicit value: lrmil never guesses."""
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Mapping
 from pathlib import Path
 
 from lrmil.errors import ConfigError, SlideError
+from lrmil.utils.csvfile import read_csv
 
 # What a user may pass for the mpp of slides: one value for all, or one per slide name.
 MppOverride = float | Mapping[str, float] | None
@@ -25,18 +25,13 @@ def check_mpp(value: float, source: str) -> float:
 def load_mpp_csv(path: str | Path) -> dict[str, float]:
     """Read a CSV with columns `slide,mpp` into {slide name (file stem): mpp}. The slide column
     may hold names, file names or paths."""
-    path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the mpp CSV ({exc.strerror})") from None
-    if not rows or not {"slide", "mpp"} <= set(rows[0]):
+    records = read_csv(path, "mpp CSV", ("slide", "mpp")).records()
+    if not records:
         raise ConfigError(f"{path}: an mpp CSV needs the columns `slide,mpp` and at least one row")
     table: dict[str, float] = {}
-    for line, row in enumerate(rows, start=2):
+    for line, row in records:
         try:
-            value = float(row["mpp"])
+            value = float(row["mpp"].replace(",", "."))  # a decimal comma (`;` CSVs)
         except (TypeError, ValueError):
             raise ConfigError(f"{path}, line {line}: mpp {row['mpp']!r} is not a number") from None
         table[slide_name(row["slide"])] = check_mpp(value, f"{path}, line {line}")

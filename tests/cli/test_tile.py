@@ -55,7 +55,7 @@ def test_a_failed_slide_gives_exit_code_1(tmp_path, synth_slide_path):
     [
         (["--lr-mag", "3"], "--lr-mag 3 must divide --hr-mag 20"),
         (["--mpp", "0.5", "--mpp-csv", "x.csv"], "either --mpp or --mpp-csv"),
-        (["--mpp-csv", "missing.csv"], "missing.csv: cannot read the mpp CSV"),
+        (["--mpp-csv", "missing.csv"], "mpp CSV missing.csv does not exist"),
     ],
 )
 def test_bad_options(tmp_path, synth_slide_path, args, message):

@@ -141,10 +141,21 @@ def test_a_features_file_rewritten_during_a_run_is_refused(features, tmp_path):
 
 
 def test_a_fold_with_no_positives(features, tmp_path):
-    rows = [(f"slide_{i:03d}", "pos" if i < 2 else "neg") for i in range(12)]
+    rows = [(f"slide_{i:03d}", "pos" if i < 3 else "neg") for i in range(12)]  # 3 < 5 folds
     labels = write_labels(tmp_path / "l.csv", rows)
     cfg = load_config(overrides=["stage1.mode=adapter"], features=str(features),
                       labels=str(labels), out=str(tmp_path / "run"))
     with pytest.raises(ConfigError, match=r"fold \d: the \w+ set .*no slide of class 'pos'"):
+        run(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_class_of_too_few_slides_is_called_a_typo(features, tmp_path):
+    rows = [(f"slide_{i:03d}", "negatve" if i == 0 else ("pos", "neg")[i % 2]) for i in range(12)]
+    labels = write_labels(tmp_path / "l.csv", rows)
+    cfg = load_config(features=str(features), labels=str(labels), out=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match=r"class 'negatve' has 1 slide\(s\), fewer than the 3 .* "
+                                          r"a typo in the label\? \(other classes: 'neg': 6, "
+                                          r"'pos': 5\)"):
         run(cfg)
     assert not (tmp_path / "run").exists()
