@@ -40,6 +40,8 @@ from lrmil.runner import (
 )
 from lrmil.runner.distributed import Ranks, rank_device
 from lrmil.tiling import TiledSlide, read_coords
+from lrmil.tiling.coords_io import foreign_coords
+from lrmil.utils.paths import check_out_path
 from lrmil.utils.processes import dataloader_worker_init
 from lrmil.utils.progress import SlideProgress
 
@@ -162,12 +164,14 @@ def embed_slides(
         raise ConfigError(
             f"batch size must be >= 1 and workers >= 0, got {batch_size} and {workers}"
         )
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: --out must be a folder, and this is an existing file")
+    out = check_out_path(out_dir)
     coords_dir = Path(tiled_dir) / "coords"
     coords_files = sorted(coords_dir.glob("*.h5"))
     if not coords_files:
+        loose = sorted(Path(tiled_dir).glob("*.h5"))  # a CLAM / TRIDENT patches folder?
+        foreign = foreign_coords(loose[0]) if loose else None
+        if foreign:
+            raise FileFormatError(f"{loose[0]}: {foreign}")
         raise FileFormatError(f"{coords_dir} holds no coords files: run `lrmil tile` first")
     ranks = Ranks.from_env(shard)  # a bad --shard is refused before the encoder is built
     device = rank_device(device, ranks.local_rank)

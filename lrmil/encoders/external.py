@@ -24,12 +24,13 @@ HEAD_PREFIXES = ("head.", "fc.", "classifier.", "heads.")
 
 
 def _import(module: str, name: str) -> Any:
+    package = module.partition(".")[0]  # what pip installs: torchvision, not torchvision.models
     try:
         return importlib.import_module(module)
     except Exception as exc:  # absent, or present but broken against this torch
         raise EnvironmentMissingError(
-            f"encoder {name} needs the '{module}' package, which does not import here ({exc}); "
-            f"install it (pip install {module}) or use a built-in encoder"
+            f"encoder {name} needs the '{package}' package, which does not import here ({exc}); "
+            f"install it (pip install {package}, matching your torch) or use a built-in encoder"
         ) from None
 
 

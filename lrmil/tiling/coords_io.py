@@ -140,4 +140,34 @@ def read_coords(path: str | Path) -> TiledSlide:
                 config=TilingConfig.from_dict(json.loads(root["tiling_config"])),
             )
     except (OSError, KeyError, ValueError, TypeError) as exc:
+        foreign = foreign_coords(path)
+        if foreign:
+            raise FileFormatError(f"{path}: {foreign}") from None
         raise FileFormatError(f"{path}: not a complete lrmil coords file ({exc})") from None
+
+
+def foreign_coords(path: Path) -> str | None:
+    """What to tell a user whose coords file was written by CLAM or TRIDENT (a `coords` dataset
+    with `patch_size` and `patch_level` or `target_magnification` attrs, no lrmil HR grid):
+    None for any other file."""
+    try:
+        with h5py.File(path, "r") as f:
+            if "coords" not in f or "hr" in f or not isinstance(f["coords"], h5py.Dataset):
+                return None
+            attrs = dict(f["coords"].attrs)
+            n = f["coords"].shape[0]
+    except OSError:
+        return None
+    if "patch_size" not in attrs:
+        return None
+    if "target_magnification" in attrs:
+        tool = f"a TRIDENT coords file ({n} patches of {int(attrs['patch_size'])} px at " \
+               f"{float(attrs['target_magnification']):g}x)"
+    elif "patch_level" in attrs:
+        tool = f"a CLAM coords file ({n} patches of {int(attrs['patch_size'])} px at level " \
+               f"{int(attrs['patch_level'])})"
+    else:
+        return None
+    return (f"{tool}, not lrmil's: lrmil needs the HR children of every LR patch, which these "
+            "files lack; run `lrmil tile` on the slides (CLAM/TRIDENT feature files are read "
+            "as they are, see README 'Files')")

@@ -11,6 +11,7 @@ from PIL import Image
 
 from lrmil.errors import SlideError
 from lrmil.wsi.tiff_tiles import TiledTiff
+from lrmil.wsi.truncation import truncation
 
 # Read by Pillow as one-level slides; .tif/.tiff go to OpenSlide first and fall back here.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
@@ -75,7 +76,8 @@ class OpenSlideBackend:
         try:
             region = self._slide.read_region((x0, y0), level, (width, height))
         except self._error as exc:  # a truncated or corrupt file fails at the first read
-            raise SlideError(f"{self._path}: cannot read the slide ({exc})") from None
+            problem = truncation(self._path) or f"cannot read the slide ({exc})"
+            raise SlideError(f"{self._path}: {problem}") from None
         return np.asarray(_on_white(region))
 
     def close(self) -> None:
@@ -130,9 +132,12 @@ def open_backend(path: Path) -> Backend:
         return ImageBackend(path)
     try:
         return OpenSlideBackend(path)
-    except openslide.OpenSlideUnsupportedFormatError:
+    except openslide.OpenSlideError as exc:
+        cut = truncation(path)
+        if cut:
+            raise SlideError(f"{path}: {cut}") from None
+        if not isinstance(exc, openslide.OpenSlideUnsupportedFormatError):
+            raise SlideError(f"{path}: cannot open the slide ({exc})") from None
         if suffix in (".tif", ".tiff"):
             return ImageBackend(path)
         raise SlideError(f"{path}: not a slide format OpenSlide can read") from None
-    except openslide.OpenSlideError as exc:
-        raise SlideError(f"{path}: cannot open the slide ({exc})") from None

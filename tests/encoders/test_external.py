@@ -126,3 +126,16 @@ def test_presets_need_weights_and_pass_normalisation(fake_timm, monkeypatch, tmp
     enc = build("uni", weights=tmp_path / "uni.safetensors")
     assert CALLS[-1] == ("tiny_vit_64", False, 0, {"dynamic_img_size": True, "init_values": 1e-5})
     assert enc.name == "uni" and torch.equal(enc.preprocess.std.flatten(), torch.full((3,), 255.0))
+
+
+def test_install_hint_names_the_package_not_the_module(monkeypatch):
+    import sys
+
+    from lrmil.encoders.external import _import
+    from lrmil.errors import EnvironmentMissingError
+
+    monkeypatch.setitem(sys.modules, "torchvision.models", None)  # the import fails
+    with pytest.raises(EnvironmentMissingError) as info:
+        _import("torchvision.models", "torchvision:resnet18")
+    assert "needs the 'torchvision' package" in str(info.value)
+    assert "pip install torchvision," in str(info.value)

@@ -6,8 +6,28 @@ from lrmil.infer.engines import load_engine
 from lrmil.infer.engines.onnx_engine import OnnxEngine, providers
 
 
-def test_onnx_runs_on_cuda_where_present_else_cpu():
-    assert providers()[-1] == "CPUExecutionProvider"
+def test_onnx_providers_put_cuda_first_and_the_cpu_last(monkeypatch):
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [
+        "AzureExecutionProvider", "CPUExecutionProvider", "CUDAExecutionProvider"])
+    assert providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert providers() == ["CPUExecutionProvider"]
+
+
+def _cuda_provider() -> bool:
+    import onnxruntime as ort
+
+    return torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _cuda_provider(), reason="needs a GPU and onnxruntime-gpu")
+def test_onnx_runs_on_cuda_where_present(tiny_lr_export):
+    engine = OnnxEngine(tiny_lr_export)
+    assert engine.providers[0] == "CUDAExecutionProvider"
+    assert engine._encoder.get_providers()[0] == "CUDAExecutionProvider"
 
 
 @pytest.mark.parametrize("batch", [1, 7])

@@ -1,11 +1,14 @@
 """The TensorRT engine: pure-python parts everywhere; real plans only where TensorRT and a GPU
 are present."""
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
 from lrmil.errors import ConfigError, EnvironmentMissingError, FileFormatError
-from lrmil.infer.engines import trt_engine
 from lrmil.infer.engines.trt_engine import ShapeRange, chunks, require_tensorrt, torch_dtype
 
 
@@ -17,8 +20,25 @@ def _trt_usable() -> bool:
     return True
 
 
-def test_module_imports_without_tensorrt():
-    assert "tensorrt" not in vars(trt_engine)
+def test_module_imports_without_tensorrt_and_fails_in_one_line_when_used():
+    """In a process where `import tensorrt` fails: the module imports, and only using it
+    raises the one-line EnvironmentMissingError."""
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["tensorrt"] = None  # `import tensorrt` now raises ImportError
+        from lrmil.infer.engines import trt_engine
+        from lrmil.errors import EnvironmentMissingError
+        try:
+            trt_engine.require_tensorrt()
+        except EnvironmentMissingError as exc:
+            print(exc)
+        else:
+            sys.exit("require_tensorrt() did not refuse")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("\n") == 1 and "TensorRT is not installed" in done.stdout
 
 
 def test_shape_ranges_are_validated():
@@ -49,6 +69,7 @@ def test_missing_tensorrt_or_gpu_is_one_clear_line():
 
 
 @pytest.mark.cuda
+@pytest.mark.trt
 @pytest.mark.skipif(not _trt_usable(), reason="needs TensorRT 10+ and a CUDA GPU")
 def test_trt_engine_agrees_with_torch(tiny_lr_model, tmp_path):
     from lrmil.export import export_model

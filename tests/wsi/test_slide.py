@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lrmil.errors import ConfigError, SlideError
+from lrmil.errors import ConfigError, FileFormatError, SlideError
 from lrmil.wsi import load_mpp_csv, open_slide, override_for
 from lrmil.wsi.mpp import resolve_mpp
 
@@ -121,8 +121,10 @@ def test_mpp_csv(tmp_path):
     assert override_for("c.svs", table) is None
     assert override_for("c.svs", 0.4) == 0.4
     csv.write_text("name,mpp\na,0.25\n")
-    with pytest.raises(ConfigError, match=r"mpp\.csv.*slide,mpp"):
+    with pytest.raises(FileFormatError, match=r"mpp\.csv needs the column\(s\) slide,mpp"):
         load_mpp_csv(csv)
+    csv.write_bytes(b"\xef\xbb\xbfslide;mpp\r\na;0,25\r\n")  # Excel, decimal-comma locale
+    assert load_mpp_csv(csv) == {"a": 0.25}
     csv.write_text("slide,mpp\na,abc\n")
     with pytest.raises(ConfigError, match=r"mpp\.csv, line 2.*'abc'"):
         load_mpp_csv(csv)
@@ -198,14 +200,23 @@ def test_huge_reductions_read_in_strips_equal_one_read(tmp_path, monkeypatch):
         np.testing.assert_allclose(strips, slide.read(0, 0, 400, 300, 130, 97), atol=2)
 
 
-@pytest.mark.parametrize("keep", [0.02, 0.3, 0.7, 0.95])
-def test_truncation_anywhere_gives_a_slide_error_or_a_read(tmp_path, synth_slide_path, keep):
+@pytest.mark.parametrize("keep", [0.0005, 0.02, 0.3, 0.7, 0.95, 0.9999])
+def test_a_truncated_slide_is_called_truncated(tmp_path, synth_slide_path, keep):
     data = synth_slide_path.read_bytes()
     path = tmp_path / f"cut{keep}.svs"
     path.write_bytes(data[: int(len(data) * keep)])
-    try:
-        with open_slide(path) as slide:
-            for (w, h), d in zip(slide.level_dimensions, slide.level_downsamples, strict=True):
-                slide.read(0, 0, round(w * d), round(h * d), w, h)
-    except SlideError as exc:
-        assert path.name in str(exc)
+    message = rf"cut{keep}.svs: looks truncated \({int(len(data) * keep):,} bytes, expected"
+    with pytest.raises(SlideError, match=message), open_slide(path) as slide:
+        for (w, h), d in zip(slide.level_dimensions, slide.level_downsamples, strict=True):
+            slide.read(0, 0, round(w * d), round(h * d), w, h)
+
+
+def test_a_complete_slide_is_not_called_truncated(synth_slide_path, tmp_path):
+    from lrmil.wsi.truncation import truncation
+
+    assert truncation(synth_slide_path) is None
+    other = tmp_path / "other.svs"
+    other.write_bytes(b"not a TIFF at all" * 10)
+    assert truncation(other) is None
+    with pytest.raises(SlideError, match="not a slide format OpenSlide can read"):
+        open_slide(other, mpp=0.5)
