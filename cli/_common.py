@@ -21,6 +21,19 @@ MppCsvOption = Annotated[
 OverwriteOption = Annotated[bool, typer.Option(help="Redo slides whose outputs are complete.")]
 
 
+def mpp_override(mpp: float | None, mpp_csv: Path | None) -> float | dict[str, float] | None:
+    """--mpp or --mpp-csv as tile and infer pass them on, checked before any slide is read."""
+    from lrmil.errors import ConfigError
+    from lrmil.wsi import load_mpp_csv
+    from lrmil.wsi.mpp import check_mpp
+
+    if mpp is not None and mpp_csv is not None:
+        raise ConfigError("give either --mpp or --mpp-csv, not both")
+    if mpp_csv is not None:
+        return load_mpp_csv(mpp_csv)
+    return None if mpp is None else check_mpp(mpp, "--mpp")
+
+
 @dataclass
 class State:
     debug: bool = False

@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from lrmil.cli._common import MppCsvOption, MppOption, OverwriteOption, known_errors
+from lrmil.cli._common import (
+    MppCsvOption,
+    MppOption,
+    OverwriteOption,
+    known_errors,
+    mpp_override,
+)
 from lrmil.cli._runs import RecursiveOption, ShardOption, print_summary
 from lrmil.cli.main import app
 
@@ -58,16 +64,12 @@ def infer(
     (OUT/errors.csv) and the others go on; exits 1 if any slide failed. Processes, torchrun
     ranks and hosts can share one --out (OUT/.claims)."""
     with known_errors():
-        from lrmil.errors import ConfigError
         from lrmil.infer import infer_slides, load_engine
         from lrmil.runner.distributed import Ranks, rank_device
         from lrmil.utils.paths import check_out_path
-        from lrmil.wsi import load_mpp_csv
 
-        if mpp is not None and mpp_csv is not None:
-            raise ConfigError("give either --mpp or --mpp-csv, not both")
+        override = mpp_override(mpp, mpp_csv)
         check_out_path(out)  # before the engine loads
-        override = load_mpp_csv(mpp_csv) if mpp_csv is not None else mpp
         torch_device = rank_device(device, Ranks.from_env(shard).local_rank)
         runner = load_engine(engine.value, model, export_dir, fold, torch_device)
         summary = infer_slides(

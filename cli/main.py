@@ -21,7 +21,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
-
 class DebugAnywhere(TyperGroup):
     """`--debug` is taken wherever it stands before a `--` (`lrmil tile ... --debug` as well as
     `lrmil --debug tile ...`): it is removed before the subcommand parses its options."""

@@ -6,7 +6,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from lrmil.cli._common import MppCsvOption, MppOption, OverwriteOption, known_errors
+from lrmil.cli._common import (
+    MppCsvOption,
+    MppOption,
+    OverwriteOption,
+    known_errors,
+    mpp_override,
+)
 from lrmil.cli._runs import RecursiveOption, ShardOption, print_summary
 from lrmil.cli.main import app
 
@@ -54,20 +60,16 @@ def tile(
     one bad slide is reported (OUT/errors.csv) and the others go on; exits 1 if any slide
     failed. Processes, torchrun ranks and hosts can share one --out (OUT/.claims)."""
     with known_errors():
-        from lrmil.errors import ConfigError
         from lrmil.tiling import TilingConfig, tile_slides
         from lrmil.tiling.config import read_config_file
-        from lrmil.wsi import load_mpp_csv
 
-        if mpp is not None and mpp_csv is not None:
-            raise ConfigError("give either --mpp or --mpp-csv, not both")
+        override = mpp_override(mpp, mpp_csv)
         values = read_config_file(config_file) if config_file is not None else {}
         for name in CONFIG_OPTIONS:
             source = ctx.get_parameter_source(name)
             if name not in values or (source is not None and source.name != "DEFAULT"):
                 values[name] = ctx.params[name]
         config = TilingConfig.from_dict(values, source=str(config_file or "options"))
-        override = load_mpp_csv(mpp_csv) if mpp_csv is not None else mpp
         summary = tile_slides(
             slides, out, config, workers=workers, overwrite=overwrite, mpp=override,
             recursive=recursive, shard=shard, progress=True,

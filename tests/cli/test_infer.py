@@ -57,29 +57,6 @@ def test_help_lists_the_engines():
     assert result.exit_code == 0 and "torch" in result.output and "trt" in result.output
 
 
-@pytest.fixture
-def tiny_run(tmp_path, monkeypatch, tiny_lr_model):
-    """A run folder whose student is the tiny model (load_student patched): the CLI's success
-    path without training anything."""
-    from types import SimpleNamespace
-
-    import lrmil.distill
-    from lrmil import __version__
-
-    encoder, head, meta = tiny_lr_model
-    run = tmp_path / "tiny_run"
-    (run / "fold_1").mkdir(parents=True)
-    (run / "fold_1" / "student.safetensors").write_bytes(b"weights")
-    config = {"versions": {"lrmil": __version__}, "class_names": meta.class_names,
-              "patch_size": meta.patch_size, "lr_magnification": meta.magnification}
-    (run / "config.json").write_text(json.dumps(config))
-    student = SimpleNamespace(name=meta.encoder, dim=meta.feature_dim,
-                              preprocess=encoder.preprocess, model=encoder.model)
-    monkeypatch.setattr(lrmil.distill, "load_student",
-                        lambda run, fold=None: (student, head.mil, config))
-    return run
-
-
 def test_export_then_infer_with_each_engine(tiny_run, synth_negative_slide_path, tmp_path):
     import csv
 

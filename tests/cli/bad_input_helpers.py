@@ -1,0 +1,62 @@
+"""What every bad-input case asserts: a non-zero exit, one message line naming the file or
+setting, no traceback (the error was handled, not raised), and nothing half-written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lrmil.cli.main import app
+from typer.testing import CliRunner
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def lines_of(result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.strip()]
+
+
+def assert_handled(result) -> None:
+    """Non-zero exit through the CLI's error path: no exception escaped (CliRunner would hold
+    it in result.exception and a user would have seen its traceback)."""
+    assert result.exit_code not in (0, None), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        f"{type(result.exception).__name__}: {result.exception}")
+    assert "Traceback" not in result.output
+
+
+def assert_one_line(result, *names: object) -> str:
+    """The whole output is one `error:` line that names each of `names`."""
+    assert_handled(result)
+    lines = lines_of(result)
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: "), lines[0]
+    for name in names:
+        assert str(name) in lines[0], (name, lines[0])
+    return lines[0]
+
+
+def assert_one_failure(result, *names: object) -> str:
+    """A per-slide run with one bad slide: exit 1, exactly one `failed:` line naming it."""
+    assert_handled(result)
+    failed = [line for line in lines_of(result) if line.startswith("failed:")]
+    assert len(failed) == 1, result.output
+    for name in names:
+        assert str(name) in failed[0], (name, failed[0])
+    return failed[0]
+
+
+def files_under(folder: Path) -> list[str]:
+    """Every file below `folder` (relative), for 'nothing partial left' checks."""
+    if not folder.exists():
+        return []
+    return sorted(str(Path(root, f).relative_to(folder))
+                  for root, _, files in os.walk(folder) for f in files)
+
+
+def no_partial_files(folder: Path) -> None:
+    """No temporary or half-written file below `folder`."""
+    left = [f for f in files_under(folder) if ".tmp" in f or f.startswith(".write-test")]
+    assert not left, left

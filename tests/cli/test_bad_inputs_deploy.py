@@ -1,0 +1,189 @@
+"""`lrmil export` and `lrmil infer` given bad inputs: one clear line (or one `failed:` line per
+bad slide while the others are predicted), a non-zero exit, no traceback, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from bad_input_helpers import (
+    assert_one_failure,
+    assert_one_line,
+    files_under,
+    invoke,
+    no_partial_files,
+)
+from PIL import Image
+
+from lrmil.errors import EnvironmentMissingError
+from lrmil.infer.engines.trt_engine import require_tensorrt
+from lrmil.synth.slide import write_slide
+
+
+def _has_tensorrt() -> bool:
+    try:
+        require_tensorrt()
+    except EnvironmentMissingError:
+        return False
+    return True
+
+
+def _write(path: Path, data: bytes | str) -> Path:
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+def _config(run: Path, **changes) -> Path:
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, **changes}))
+    return run
+
+
+def _no_student(run: Path) -> Path:
+    (run / "fold_1" / "student.safetensors").unlink()
+    return run
+
+
+# Export: (case, make(tmp, run) -> (args after `export`, named in the line))
+EXPORT = {
+    "run folder missing": lambda tmp, run: ([tmp / "nope"], [tmp / "nope", "does not exist"]),
+    "not a run folder": lambda tmp, run: ([tmp], [tmp, "config.json"]),
+    "run of another lrmil version": lambda tmp, run: (
+        [_config(run, versions={"lrmil": "9.3.0"})], ["made by lrmil 9.3.0"]),
+    "run without a trained student": lambda tmp, run: ([_no_student(run)],
+                                                       ["no trained student"]),
+    "config.json not JSON": lambda tmp, run: (
+        [_write(run / "config.json", "{oops") and run], [run / "config.json"]),
+    "out is an existing file": lambda tmp, run: (
+        [run, "--out", _write(tmp / "out", "keep me")], [tmp / "out", "--out must be a folder"]),
+    "fp16 for ONNX": lambda tmp, run: ([run, "--fp16"], ["--fp16 applies to --format trt"]),
+    "an unknown input dtype": lambda tmp, run: ([run, "--input-dtype", "int8"],
+                                                ["input dtype must be one of", "'int8'"]),
+}
+
+
+@pytest.mark.parametrize("case", EXPORT)
+def test_export_refused_before_writing(case, tmp_path, tiny_run):
+    args, named = EXPORT[case](tmp_path, tiny_run)
+    assert_one_line(invoke("export", *args), *named)
+    assert not (tiny_run / "export").exists()
+    if case == "out is an existing file":
+        assert (tmp_path / "out").read_text() == "keep me"
+
+
+@pytest.mark.skipif(_has_tensorrt(), reason="TensorRT and a GPU are present")
+def test_export_trt_without_tensorrt(tmp_path, tiny_run):
+    assert_one_line(invoke("export", tiny_run, "--format", "trt"), "TensorRT")
+    assert not (tiny_run / "export").exists()
+
+
+@pytest.fixture(scope="module")
+def good_slides(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("infer_good")
+    for i, name in enumerate(("good_a", "good_b")):
+        write_slide(root / f"{name}.svs", 768, 512, seed=i, label=("negative", "positive")[i])
+    return root
+
+
+@pytest.fixture
+def slides(tmp_path, good_slides) -> Path:
+    shutil.copytree(good_slides, tmp_path / "slides")
+    return tmp_path / "slides"
+
+
+def _infer(slides, run, out, *args: object):
+    return invoke("infer", slides, "--model", run, "--out", out, "--workers", 0, *args)
+
+
+# Infer: (case, make(tmp, run, slides) -> (extra args, named in the line))
+INFER = {
+    "out is an existing file": lambda tmp, run, s: (
+        ["--out", _write(tmp / "taken", "keep me")], [tmp / "taken", "--out must be a folder"]),
+    "device gpu": lambda tmp, run, s: (["--engine", "torch", "--device", "gpu"],
+                                       ["--device must be auto, cpu, cuda or cuda:N"]),
+    "no export for onnx": lambda tmp, run, s: ([], ["run `lrmil export`"]),
+    "model folder missing": lambda tmp, run, s: (["--model", tmp / "nope"],
+                                                 [tmp / "nope", "does not exist"]),
+    "mpp and mpp CSV": lambda tmp, run, s: (["--mpp", 0.5, "--mpp-csv", tmp / "m.csv"],
+                                            ["either --mpp or --mpp-csv"]),
+    "mpp CSV not UTF-8": lambda tmp, run, s: (
+        ["--engine", "torch", "--mpp-csv", _write(tmp / "m.csv", b"slide,mpp\n\xe9,1\n")],
+        [tmp / "m.csv", "not UTF-8"]),
+    "mpp zero": lambda tmp, run, s: (["--engine", "torch", "--mpp", 0],
+                                     ["--mpp", "mpp must be a positive"]),
+    "slide list without a slide column": lambda tmp, run, s: (
+        ["--engine", "torch"], [tmp / "list.csv", "slide"]),
+    "shard out of range": lambda tmp, run, s: (["--engine", "torch", "--shard", "3/3"],
+                                               ["--shard"]),
+}
+
+
+@pytest.mark.parametrize("case", INFER)
+def test_infer_refused_before_writing(case, tmp_path, tiny_run, slides):
+    extra, named = INFER[case](tmp_path, tiny_run, slides)
+    target = slides
+    if case == "slide list without a slide column":
+        target = _write(tmp_path / "list.csv", "path\ngood_a.svs\n")
+    out = tmp_path / "out"
+    assert_one_line(_infer(target, tiny_run, out, *extra), *named)
+    assert not out.is_dir() or files_under(out) == []
+    if case == "out is an existing file":
+        assert (tmp_path / "taken").read_text() == "keep me"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_infer_cuda_without_cuda(tmp_path, tiny_run, slides):
+    assert_one_line(_infer(slides, tiny_run, tmp_path / "out", "--engine", "torch", "--device",
+                           "cuda"), "--device cuda", "no CUDA device")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(_has_tensorrt(), reason="TensorRT and a GPU are present")
+def test_infer_trt_without_tensorrt(tmp_path, tiny_run, slides):
+    assert_one_line(_infer(slides, tiny_run, tmp_path / "out", "--engine", "trt"), "TensorRT",
+                    "use --engine onnx")
+
+
+def test_infer_with_an_export_of_other_weights(tmp_path, tiny_run, slides):
+    assert invoke("export", tiny_run).exit_code == 0
+    (tiny_run / "fold_1" / "student.safetensors").write_bytes(b"retrained")
+    assert_one_line(_infer(slides, tiny_run, tmp_path / "out"),
+                    "weights changed since this export")
+
+
+def _truncated(folder: Path) -> Path:
+    data = (folder / "good_a.svs").read_bytes()
+    return _write(folder / "bad.svs", data[: len(data) // 3])
+
+
+def _not_a_slide(folder: Path) -> Path:
+    return _write(folder / "bad.svs", "a text file\n")
+
+
+def _no_resolution(folder: Path) -> Path:
+    Image.new("RGB", (600, 400), (200, 120, 160)).save(folder / "bad.png")
+    return folder / "bad.png"
+
+
+PER_SLIDE = {
+    "truncated slide": (_truncated, "looks truncated"),
+    "not a slide": (_not_a_slide, "not a slide format OpenSlide can read"),
+    "no resolution": (_no_resolution, "--mpp"),
+}
+
+
+@pytest.mark.parametrize("case", PER_SLIDE)
+def test_infer_one_bad_slide_the_others_are_predicted(case, tmp_path, tiny_run, slides):
+    make, says = PER_SLIDE[case]
+    bad = make(slides)
+    out = tmp_path / "out"
+    result = _infer(slides, tiny_run, out, "--engine", "torch", "--device", "cpu")
+    assert result.exit_code == 1
+    assert_one_failure(result, bad, says)
+    predicted = (out / "predictions.csv").read_text()
+    assert "good_a" in predicted and "good_b" in predicted and "bad" not in predicted
+    assert "bad" in (out / "errors.csv").read_text()
+    no_partial_files(out)

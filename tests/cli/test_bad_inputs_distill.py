@@ -1,0 +1,161 @@
+"""`lrmil distill` given bad inputs: one clear line naming the setting or file, a non-zero exit,
+no traceback, and nothing written (every input is checked before the run folder is made), so
+that the corrected command on the same --out then runs."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from bad_input_helpers import assert_one_line, invoke
+
+from lrmil.distill.toy import TINY_OVERRIDES, write_toy_features
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    """24 slides of 8 LR patches, 16-d features: FEAT/lr, FEAT/hr, FEAT/labels.csv."""
+    out = tmp_path_factory.mktemp("distill_bad")
+    write_toy_features(out, n_slides=24, n_lr=8, dim=16, hr_signal=4.0, lr_signal=1.0, seed=2)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only spin
+    yield
+    torch.set_num_threads(before)
+
+
+def _distill(features: Path, labels: Path, out: Path, *extra: object):
+    return invoke("distill", "--features", features, "--labels", labels, "--out", out,
+                  *TINY_OVERRIDES, "folds=2", *extra)
+
+
+def _write(path: Path, data: bytes | str) -> Path:
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+def _rows(toy: Path) -> list[dict[str, str]]:
+    with (toy / "labels.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _labels(path: Path, rows: list[dict[str, str]], delimiter: str = ",",
+            bom: bool = False) -> Path:
+    header = list(rows[0])
+    text = delimiter.join(header) + "\r\n" + "".join(
+        delimiter.join(r[h] for h in header) + "\r\n" for r in rows)
+    return _write(path, (b"\xef\xbb\xbf" if bom else b"") + text.encode())
+
+
+def _typo(tmp: Path, toy: Path) -> Path:
+    rows = _rows(toy)
+    rows[0]["label"] = "negatve"
+    return _labels(tmp / "labels.csv", rows)
+
+
+def _copy_features(tmp: Path, toy: Path) -> Path:
+    feats = tmp / "features"
+    shutil.copytree(toy, feats)
+    return feats
+
+
+def _other_dim(tmp: Path, toy: Path) -> Path:
+    """slide_003's LR features 12-d among 16-d ones."""
+    feats = _copy_features(tmp, toy)
+    path = sorted((feats / "lr").glob("*.h5"))[3]
+    with h5py.File(path, "a") as f:
+        n = f["features"].shape[0]
+        del f["features"]
+        f.create_dataset("features", data=np.zeros((n, 12), dtype=np.float32))
+    return feats
+
+
+BAD_SPLITS = "slide,fold_1,fold_2\nslide_000,tset,train\n"
+
+# (case, make(tmp, toy) -> (features, labels, overrides, named in the line))
+CASES = {
+    "student.lr negative": lambda tmp, toy: (toy, None, ["student.lr=-1"],
+                                             ["student.lr must be > 0, got -1"]),
+    "device tpu": lambda tmp, toy: (toy, None, ["device=tpu"], ["device must be", "'tpu'"]),
+    "kd.t_bag zero": lambda tmp, toy: (toy, None, ["kd.t_bag=0"], ["kd.t_bag must be > 0"]),
+    "mil.hidden zero": lambda tmp, toy: (toy, None, ["mil.hidden=0"],
+                                         ["mil.hidden must be >= 1"]),
+    "kd.lambda_bag negative": lambda tmp, toy: (toy, None, ["kd.lambda_bag=-1"],
+                                                ["kd.lambda_bag must be >= 0"]),
+    "student.patience zero": lambda tmp, toy: (toy, None, ["student.patience=0"],
+                                               ["student.patience must be >= 1"]),
+    "data.cache_gb negative": lambda tmp, toy: (toy, None, ["data.cache_gb=-1"],
+                                                ["data.cache_gb must be >= 0"]),
+    "stage1.shuffle_mb zero": lambda tmp, toy: (toy, None, ["stage1.shuffle_mb=0"],
+                                                ["stage1.shuffle_mb must be >= 1"]),
+    "a typo in a setting": lambda tmp, toy: (toy, None, ["kd.lambda_bgg=1"],
+                                             ["unknown setting kd.lambda_bgg"]),
+    "config not UTF-8": lambda tmp, toy: (
+        toy, None, ["--config", _write(tmp / "c.yaml", b"seed: 1 # r\xe9glages\n")],
+        [tmp / "c.yaml", "not UTF-8"]),
+    "config that does not parse": lambda tmp, toy: (
+        toy, None, ["--config", _write(tmp / "c.toml", "seed = = 1\n")],
+        [tmp / "c.toml", "cannot be parsed"]),
+    "labels CSV missing": lambda tmp, toy: (toy, tmp / "nope.csv", [],
+                                            [tmp / "nope.csv", "does not exist"]),
+    "labels CSV not UTF-8": lambda tmp, toy: (
+        toy, _write(tmp / "l.csv", b"slide,label\nslide_000,n\xe9g\n"), [],
+        [tmp / "l.csv", "line 2: not UTF-8"]),
+    "labels CSV without a label column": lambda tmp, toy: (
+        toy, _write(tmp / "l.csv", "slide,class\nslide_000,1\n"), [],
+        [tmp / "l.csv", "slide,label"]),
+    "a class of one slide (typo)": lambda tmp, toy: (
+        toy, _typo(tmp, toy), [], ["class 'negatve' has 1 slide(s)", "a typo in the label?"]),
+    "a labelled slide without features": lambda tmp, toy: (
+        toy, _labels(tmp / "l.csv", [*_rows(toy), {**_rows(toy)[0], "slide": "ghost"}]), [],
+        ["ghost", "no features file"]),
+    "one slide's features of another size": lambda tmp, toy: (
+        _other_dim(tmp, toy), None, [], ["slide_003", "mix embedding sizes"]),
+    "features folder missing": lambda tmp, toy: (tmp / "nofeat", toy / "labels.csv", [],
+                                                 [tmp / "nofeat", "does not exist"]),
+    "splits file with a bad role": lambda tmp, toy: (
+        toy, None, [f"splits_csv={_write(tmp / 's.csv', BAD_SPLITS)}"], [tmp / "s.csv", "'tset'"]),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_refused_before_anything_is_written(case, tmp_path, toy):
+    features, labels, extra, named = CASES[case](tmp_path, toy)
+    labels = labels or (features / "labels.csv" if features.is_dir() else toy / "labels.csv")
+    out = tmp_path / "run"
+    assert_one_line(_distill(features, labels, out, *extra), *named)
+    assert not out.exists()
+
+
+def test_out_is_an_existing_file(tmp_path, toy):
+    out = _write(tmp_path / "run", "keep me")
+    assert_one_line(_distill(toy, toy / "labels.csv", out), out, "--out must be a folder")
+    assert out.read_text() == "keep me"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_one_line(tmp_path, toy):
+    assert_one_line(_distill(toy, toy / "labels.csv", tmp_path / "run", "device=cuda"),
+                    "device cuda", "no CUDA device")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_refused_run_leaves_nothing_and_the_corrected_command_runs(tmp_path, toy):
+    """The settings check used to leave config.json behind, and the same --out was then refused
+    as 'made with other settings'. Labels saved by Excel (BOM, `;`) are read as they are."""
+    out = tmp_path / "run"
+    labels = _labels(tmp_path / "excel.csv", _rows(toy), delimiter=";", bom=True)
+    assert_one_line(_distill(toy, labels, out, "student.lr=-1"), "student.lr")
+    assert not out.exists()
+    result = _distill(toy, labels, out)
+    assert result.exit_code == 0, result.output
+    assert (out / "config.json").is_file() and (out / "metrics.json").is_file()

@@ -1,0 +1,167 @@
+"""`lrmil tile` given bad inputs: one clear line (or one `failed:` line per bad slide while the
+others finish), a non-zero exit, no traceback, nothing half-written."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from bad_input_helpers import (
+    assert_one_failure,
+    assert_one_line,
+    files_under,
+    invoke,
+    no_partial_files,
+)
+from PIL import Image
+
+from lrmil.synth.slide import write_slide
+
+
+@pytest.fixture(scope="module")
+def good_slides(tmp_path_factory) -> Path:
+    """Two small 20x slides, written once; cases copy them."""
+    root = tmp_path_factory.mktemp("tile_good")
+    for i, name in enumerate(("good_a", "good_b")):
+        write_slide(root / f"{name}.svs", 768, 512, seed=i, label=("negative", "positive")[i])
+    return root
+
+
+@pytest.fixture
+def slides(tmp_path, good_slides) -> Path:
+    folder = tmp_path / "slides"
+    shutil.copytree(good_slides, folder)
+    return folder
+
+
+def _tile(*args: object):
+    return invoke("tile", *args, "--patch-size", 64)
+
+
+def _write(path: Path, data: bytes | str) -> Path:
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+# Inputs refused before anything is written: (case, make(tmp, slides) -> (args, named)).
+UP_FRONT = {
+    "out is an existing file": lambda tmp, s: (
+        [s, "--out", _write(tmp / "out", "keep me")], [tmp / "out", "--out must be a folder"]),
+    "out below an existing file": lambda tmp, s: (
+        [s, "--out", _write(tmp / "file", "") / "out"], ["--out must be a folder"]),
+    "mpp CSV not UTF-8": lambda tmp, s: (
+        [s, "--out", tmp / "out", "--mpp-csv", _write(tmp / "mpp.csv", b"slide,mpp\n\xe9,0.5\n")],
+        [tmp / "mpp.csv", "line 2: not UTF-8"]),
+    "mpp CSV without an mpp column": lambda tmp, s: (
+        [s, "--out", tmp / "out", "--mpp-csv", _write(tmp / "mpp.csv", "slide,um\na,0.5\n")],
+        [tmp / "mpp.csv", "slide,mpp"]),
+    "mpp CSV with a word for a number": lambda tmp, s: (
+        [s, "--out", tmp / "out", "--mpp-csv", _write(tmp / "mpp.csv", "slide,mpp\na,half\n")],
+        [tmp / "mpp.csv", "line 2", "'half'"]),
+    "mpp zero": lambda tmp, s: ([s, "--out", tmp / "out", "--mpp", 0], ["mpp must be a positive"]),
+    "mpp and mpp CSV": lambda tmp, s: (
+        [s, "--out", tmp / "out", "--mpp", 0.5, "--mpp-csv", tmp / "mpp.csv"],
+        ["either --mpp or --mpp-csv"]),
+    "config not UTF-8": lambda tmp, s: (
+        [s, "--out", tmp / "out", "--config", _write(tmp / "t.yaml", b"lr_mag: 5 # \xe9\n")],
+        [tmp / "t.yaml", "not UTF-8"]),
+    "config with an unknown setting": lambda tmp, s: (
+        [s, "--out", tmp / "out", "--config", _write(tmp / "t.yaml", "lr_magg: 5\n")],
+        [tmp / "t.yaml", "lr_magg"]),
+    "config that does not parse": lambda tmp, s: (
+        [s, "--out", tmp / "out", "--config", _write(tmp / "t.toml", "lr_mag = = 5\n")],
+        [tmp / "t.toml", "cannot be parsed"]),
+    "tissue threshold above 1": lambda tmp, s: (
+        [s, "--out", tmp / "out", "--tissue-threshold", 2], ["--tissue-threshold must be in"]),
+    "magnifications not a multiple": lambda tmp, s: (
+        [s, "--out", tmp / "out", "--lr-mag", 5, "--hr-mag", 12], ["--lr-mag 5 must divide"]),
+    "slide list CSV without a slide column": lambda tmp, s: (
+        [_write(tmp / "list.csv", "path\na.svs\n"), "--out", tmp / "out"],
+        [tmp / "list.csv", "slide"]),
+    "shard out of range": lambda tmp, s: (
+        [s, "--out", tmp / "out", "--shard", "2/2"], ["--shard"]),
+}
+
+
+@pytest.mark.parametrize("case", UP_FRONT)
+def test_refused_before_writing(case, tmp_path, slides):
+    args, named = UP_FRONT[case](tmp_path, slides)
+    assert_one_line(_tile(*args), *named)
+    out = tmp_path / "out"
+    assert not out.is_dir() or files_under(out) == []
+    if case == "out is an existing file":
+        assert out.read_text() == "keep me"
+
+
+def _truncated(folder: Path) -> Path:
+    data = (folder / "good_a.svs").read_bytes()
+    return _write(folder / "bad.svs", data[: len(data) // 2])
+
+
+def _not_a_slide(folder: Path) -> Path:
+    return _write(folder / "bad.svs", "this is a text file\n")
+
+
+def _no_resolution(folder: Path) -> Path:
+    path = folder / "bad.png"
+    Image.new("RGB", (600, 400), (200, 120, 160)).save(path)
+    return path
+
+
+def _scanned_at_10x(folder: Path) -> Path:
+    path = folder / "bad.svs"
+    write_slide(path, 512, 512, seed=3, mpp=1.0)  # 10x: no 20x children
+    return path
+
+
+# One bad slide among good ones: (case, make(folder) -> bad slide, what its line says).
+PER_SLIDE = {
+    "truncated slide": (_truncated, "looks truncated"),
+    "not a slide": (_not_a_slide, "not a slide format OpenSlide can read"),
+    "no resolution": (_no_resolution, "--mpp"),
+    "scanned below --hr-mag": (_scanned_at_10x, "20x"),
+}
+
+
+@pytest.mark.parametrize("case", PER_SLIDE)
+def test_one_bad_slide_the_others_finish(case, tmp_path, slides):
+    make, says = PER_SLIDE[case]
+    bad = make(slides)
+    result = _tile(slides, "--out", tmp_path / "out")
+    assert result.exit_code == 1
+    assert_one_failure(result, bad, says)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in (out / "coords").iterdir()) == ["good_a.h5", "good_b.h5"]
+    assert "bad" in (out / "errors.csv").read_text()
+    no_partial_files(out)
+
+
+def test_a_missing_slide_is_named_and_the_others_finish(tmp_path, slides):
+    missing = tmp_path / "elsewhere" / "gone.svs"
+    result = _tile(slides / "good_a.svs", missing, "--out", tmp_path / "out")
+    assert_one_failure(result, missing)
+    assert (tmp_path / "out" / "coords" / "good_a.h5").is_file()
+
+
+def test_slides_only_in_subfolders_are_counted_and_recursive_takes_them(tmp_path, slides):
+    """The GDC layout (one folder per slide): without --recursive, one line says how many
+    slide files lie below and how to take them."""
+    gdc = tmp_path / "gdc"
+    for name in ("good_a", "good_b"):
+        (gdc / f"uuid-{name}").mkdir(parents=True)
+        shutil.copy(slides / f"{name}.svs", gdc / f"uuid-{name}" / f"{name}.svs")
+    line = assert_one_line(_tile(gdc, "--out", tmp_path / "out"), gdc)
+    assert "2" in line and "--recursive" in line
+    result = _tile(gdc, "--out", tmp_path / "out", "--recursive")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "out" / "coords").glob("*.h5"))) == 2
+
+
+def test_debug_anywhere_shows_the_traceback(tmp_path, slides):
+    from lrmil.errors import ConfigError
+
+    for args in (["--debug", "tile", slides], ["tile", slides, "--debug"]):
+        result = invoke(*args, "--out", tmp_path / "out", "--mpp", 0)
+        assert isinstance(result.exception, ConfigError), result.output
+    assert_one_line(invoke("tile", slides, "--out", tmp_path / "out", "--mpp", 0), "mpp")
