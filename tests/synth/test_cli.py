@@ -14,7 +14,7 @@ def test_synth_writes_a_cohort(tmp_path):
         app, ["synth", str(tmp_path), "--slides", "3", "--seed", "4", "--size", "512x384"]
     )
     assert result.exit_code == 0, result.output
-    rows = list(csv.DictReader((tmp_path / "labels.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "labels.csv").read_text().splitlines()))
     assert len(rows) == 3
     assert sorted(p.name for p in (tmp_path / "slides").iterdir()) == [
         f"slide_000{i}.svs" for i in range(3)

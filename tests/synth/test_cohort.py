@@ -13,7 +13,7 @@ from lrmil.synth import GENERATOR_VERSION, plan_cohort
 
 
 def test_cohort_files_and_labels(synth_cohort):
-    rows = list(csv.DictReader((synth_cohort / "labels.csv").open()))
+    rows = list(csv.DictReader((synth_cohort / "labels.csv").read_text().splitlines()))
     assert [r["slide"] for r in rows] == [f"slide_{i:04d}" for i in range(6)]
     assert {r["label"] for r in rows} <= {"negative", "positive"}
     for row in rows:
