@@ -39,7 +39,7 @@ def distill(
         from rich.table import Table
 
         from lrmil.distill import load_config, run
-        from lrmil.distill.report import SUMMARY_HEADER, summary_rows
+        from lrmil.distill.report import summary_header, summary_rows
 
         cfg = load_config(config, overrides, features=str(features), labels=str(labels),
                           out=str(out), tiled=None if tiled is None else str(tiled))
@@ -50,7 +50,7 @@ def distill(
             report = run(cfg, on_step=on_step, on_note=console.print)
         if report is None:  # a torchrun rank other than 0: rank 0 reports
             return
-        table = Table(*SUMMARY_HEADER, title=f"{len(report['folds'])}-fold test metrics")
+        table = Table(*summary_header(report), title=f"{len(report['folds'])}-fold test metrics")
         for row in summary_rows(report):
             table.add_row(*row)
         console.print(table)

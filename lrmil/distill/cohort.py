@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lrmil.data.store import ArrayKey, FeatureStore, FileInfo
+from lrmil.distill.splits import ROLES, Fold
 from lrmil.errors import ConfigError, FileFormatError
 from lrmil.utils.csvfile import read_csv
 
@@ -58,13 +59,17 @@ class Cohort:
     def label_of(self) -> dict[str, int]:
         return {name: s.label for name, s in self.slides.items()}
 
-    def counts(self) -> dict[str, dict[str, int]]:
-        """{class: {"slides": n, "patients": n}}."""
-        slides = Counter(s.label for s in self.slides.values())
-        patients = Counter(label for label, _ in {(s.label, s.patient)
-                                                  for s in self.slides.values()})
+    def counts(self, names: list[str] | None = None) -> dict[str, dict[str, int]]:
+        """{class: {"slides": n, "patients": n}} over `names` (default every slide)."""
+        chosen = [self.slides[n] for n in (self.names if names is None else names)]
+        slides = Counter(s.label for s in chosen)
+        patients = Counter(label for label, _ in {(s.label, s.patient) for s in chosen})
         return {name: {"slides": slides[c], "patients": patients[c]}
                 for c, name in enumerate(self.class_names)}
+
+    def split_counts(self, folds: list[Fold]) -> dict[str, dict[str, dict[str, dict[str, int]]]]:
+        """{fold: {train|val|test: counts(...)}}: what every fold trained and was tested on."""
+        return {str(f.index): {role: self.counts(f.role(role)) for role in ROLES} for f in folds}
 
     def summary(self) -> dict[str, Any]:
         """What the report says about the cohort."""

@@ -117,7 +117,8 @@ def run(cfg: DistillConfig, on_step: StepHook | None = None,
     models = ["teacher", "baseline", "student", *(f"student_{a}" for a in cfg.ablations)]
     report = build_report(layout.root, [f.index for f in folds], models, cohort.class_names,
                           {"mode": cfg.stage1.mode if cfg.stage1.enabled else "none",
-                           "cohort": cohort.summary()})
+                           "cohort": cohort.summary(), "fold_counts": cohort.split_counts(folds)},
+                          seed=cfg.seed)
     write_report(layout.root, report)
     return report
 

@@ -49,23 +49,29 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 @torch.no_grad()
 def predict(model: GatedABMIL, bags: BagSet, device: torch.device,
             batch_bags: int = 8) -> tuple[np.ndarray, list[torch.Tensor]]:
-    """Class probabilities (N, C) and each bag's attention logits, in the order of `bags`."""
+    """Class logits (N, C) and each bag's attention logits, in the order of `bags`."""
     model.eval()
-    probs, attn = [], []
+    logits, attn = [], []
     for batch in bags.batches(batch_bags):
         batch = batch.to(device)
         with autocast(device):
             out = model(batch.x, batch.offsets)
-        probs.append(torch.softmax(out.logits.float(), dim=1).cpu())
+        logits.append(out.logits.float().cpu())
         bounds = batch.offsets.tolist()
-        logits = out.attn_logits.float().cpu()
-        attn += [logits[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    return torch.cat(probs).numpy(), attn
+        attn_logits = out.attn_logits.float().cpu()
+        attn += [attn_logits[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return torch.cat(logits).numpy(), attn
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def _val_score(model: GatedABMIL, bags: BagSet, device: torch.device,
                batch_bags: int) -> tuple[float, float]:
-    probs, _ = predict(model, bags, device, batch_bags)
+    logits, _ = predict(model, bags, device, batch_bags)
+    probs = softmax(logits)
     labels = np.array(bags.labels)
     nll = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
     return auc(labels, probs), nll
@@ -75,7 +81,8 @@ def train_mil(model: GatedABMIL, train: BagSet, val: BagSet, cfg: TrainConfig,
               device: torch.device, seed: int, loss_fn: LossFn = ce_loss,
               progress: Progress | None = None, standardize: bool = True) -> TrainResult:
     """Train in place and leave the model at its best validation epoch (AUC, then lower NLL:
-    AUC alone saturates on easy data and would keep an under-trained early epoch).
+    AUC alone saturates on easy data and would keep an under-trained early epoch); with an
+    empty `val` (the final model), exactly `cfg.epochs` epochs, the last kept.
     `standardize`: first set the model's input statistics from the training instances."""
     if standardize:
         model.set_input_stats(train.input_stats())
@@ -104,12 +111,16 @@ def train_mil(model: GatedABMIL, train: BagSet, val: BagSet, cfg: TrainConfig,
             schedule.step()
             total += float(loss.detach()) * len(batch.names)
             count += len(batch.names)
-        val_auc, val_nll = _val_score(model, val, device, cfg.batch_bags)
+        val_auc, val_nll = (_val_score(model, val, device, cfg.batch_bags) if len(val)
+                            else (math.nan, math.nan))
         stats = {"epoch": epoch, "loss": total / max(count, 1), "val_auc": val_auc,
                  "val_nll": val_nll}
         history.append(stats)
         if progress is not None:
             progress(epoch, stats)
+        if not len(val):
+            best_epoch, best_state = epoch, None  # the model as it ends is the result
+            continue
         score = (-math.inf if math.isnan(val_auc) else val_auc, -val_nll)
         # Until min_epochs the latest epoch is kept: an early lucky AUC on a small validation
         # set would otherwise keep a barely trained model.
@@ -138,14 +149,16 @@ def fit_and_save(build: Callable[[], GatedABMIL], train: BagSet, val: BagSet, te
                  progress: Progress | None = None, standardize: bool = True,
                  before_save: Callable[[GatedABMIL], None] | None = None) -> GatedABMIL:
     """The recipe of every MIL model of a fold: build it from `seed`, train (early stopping on
-    `val`), write the test slides' predictions, run `before_save` (the teacher's outputs), and
-    save the weights last: their file marks the step done for a resumed run."""
+    `val`), write the test slides' predictions (none for the final model: no test slides), run
+    `before_save` (the teacher's outputs), and save the weights last: their file marks the step
+    done for a resumed run."""
     torch.manual_seed(seed)
     model = build()
     result = train_mil(model, train, val, cfg, device, seed, loss_fn=loss_fn, progress=progress,
                        standardize=standardize)
-    probs, _ = predict(model, test, device)
-    write_predictions(predictions, test.names, test.labels, probs, class_names)
+    if len(test):
+        logits, _ = predict(model, test, device)
+        write_predictions(predictions, test.names, test.labels, logits, class_names)
     if before_save is not None:
         before_save(model)
     save_mil(model, weights, {"best_epoch": result.best_epoch, "val_auc": result.best_val_auc})

@@ -26,9 +26,22 @@ def test_training_reduces_the_loss_and_learns_an_easy_signal(tmp_path):
     result = train_mil(model, train, val, cfg, torch.device("cpu"), seed=0)
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < 0.5 * losses[0]
-    probs, attn = predict(model, test, torch.device("cpu"))
-    assert auc(np.array(test.labels), probs) >= 0.95
+    logits, attn = predict(model, test, torch.device("cpu"))
+    assert auc(np.array(test.labels), logits) >= 0.95
     assert [len(a) for a in attn] == [cohort.slides[n].n_hr for n in test.names]
+
+
+def test_without_validation_slides_exactly_the_given_epochs_run(tmp_path):
+    """The final model: no early stopping, the last epoch is the model."""
+    labels = write_toy_features(tmp_path, n_slides=12, n_lr=8, dim=16, seed=1)
+    cohort = load_cohort(tmp_path, labels, FeatureStore(cache_bytes=0))
+    train = feature_bags(cohort, cohort.names, cohort.hr)
+    torch.manual_seed(0)
+    model = GatedABMIL(16, 2, hidden=16)
+    cfg = TrainConfig(epochs=7, batch_bags=4, lr=1e-2, patience=1, min_epochs=0)
+    result = train_mil(model, train, feature_bags(cohort, [], cohort.hr), cfg,
+                       torch.device("cpu"), seed=0)
+    assert result.best_epoch == 7 and len(result.history) == 7
 
 
 def test_student_loss_trains_every_term(toy_features, tmp_path):
