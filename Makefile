@@ -41,7 +41,8 @@ bench: build
 	$(PY) -m pytest bench -m "not slow" -p no:cacheprovider $(PYTEST_ARGS)
 
 # The main job end to end on a built-in synthetic cohort: synth -> tile -> embed -> distill ->
-# export (ONNX) -> infer (ONNX Runtime) on held-out slides. Re-running resumes from DEMO_DIR.
+# export (ONNX) -> infer (ONNX Runtime) on 16 held-out slides, scored against their labels.
+# Re-running resumes from DEMO_DIR.
 DEMO_DIR ?= demo_out
 # The accuracy benchmark's cohort design: small tumour foci among many look-alike regions.
 DEMO_COHORT := --size 2048 --foci 8 12 --focus-radius 25 45 --lymph 8 12 --nests 6 10
@@ -54,10 +55,9 @@ demo: build
 	$(LRMIL) distill --features $(DEMO_DIR)/features --labels $(DEMO_DIR)/cohort/labels.csv \
 		--tiled $(DEMO_DIR)/tiled --out $(DEMO_DIR)/run --config configs/demo.yaml
 	$(LRMIL) export $(DEMO_DIR)/run --format onnx
-	$(LRMIL) synth $(DEMO_DIR)/heldout --slides 4 $(DEMO_COHORT) --seed 1 --workers 2
+	$(LRMIL) synth $(DEMO_DIR)/heldout --slides 16 $(DEMO_COHORT) --seed 1 --workers 2
 	$(LRMIL) infer $(DEMO_DIR)/heldout/slides --model $(DEMO_DIR)/run --engine onnx \
-		--out $(DEMO_DIR)/predictions
-	cat $(DEMO_DIR)/predictions/predictions.csv
+		--out $(DEMO_DIR)/predictions --labels $(DEMO_DIR)/heldout/labels.csv
 	@echo "labels of the held-out slides:"; cat $(DEMO_DIR)/heldout/labels.csv
 
 lint: env

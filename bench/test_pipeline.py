@@ -27,9 +27,9 @@ from lrmil.encoders import build
 from lrmil.export import export_model
 from lrmil.export.graphs import EncoderGraph, HeadGraph
 from lrmil.export.sidecar import ModelMeta
+from lrmil.export.tensorrt import require_tensorrt
 from lrmil.infer.engines.onnx_engine import OnnxEngine
 from lrmil.infer.engines.torch_engine import TorchEngine
-from lrmil.infer.engines.trt_engine import require_tensorrt
 from lrmil.infer.pipeline import predict_slide
 from lrmil.mil import GatedABMIL
 from lrmil.tiling import TilingConfig, tile_slide

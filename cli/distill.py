@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -54,7 +55,20 @@ def distill(
         for row in summary_rows(report):
             table.add_row(*row)
         console.print(table)
-        console.print(f"written: {out / 'metrics.json'}, {out / 'report.md'}, {out / 'roc.png'}")
+        calibration = report.get("calibration")
+        if calibration:
+            from lrmil.distill.calibration import Calibration
+
+            fitted = Calibration.from_dict(calibration)
+            console.print(f"calibration: T = {fitted.temperature:.3f}, ECE "
+                          f"{fitted.before['ece']:.3f} -> {fitted.after['ece']:.3f} "
+                          "(out-of-fold, 15 bins)"
+                          + (f"; threshold {fitted.threshold:.3f}" if fitted.threshold is not None
+                             else ""))
+            if fitted.note():
+                console.print(f"[yellow]note:[/] {fitted.note()}")
+        console.print(f"written: {out / 'metrics.json'}, {out / 'report.md'}, {out / 'roc.png'}, "
+                      f"{out / 'calibration.png'}, {out / 'MODEL_CARD.md'}")
 
 
 @contextlib.contextmanager
@@ -72,8 +86,9 @@ def step_spinner(console: Console) -> Iterator[Callable]:
             task = progress.add_task(description, total=None, stats="")
 
             def tick(epoch: int, stats: dict[str, float]) -> None:
-                progress.update(task, stats=f"epoch {epoch} loss {stats['loss']:.3f} "
-                                            f"val AUC {stats['val_auc']:.3f}")
+                val = stats["val_auc"]  # NaN for the final model: no validation slides
+                progress.update(task, stats=f"epoch {epoch} loss {stats['loss']:.3f}"
+                                + ("" if math.isnan(val) else f" val AUC {val:.3f}"))
 
             try:
                 yield tick

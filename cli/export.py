@@ -26,11 +26,18 @@ def export(
         bool, typer.Option(help="Build TensorRT plans in fp16 (--format trt).")
     ] = False,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output folder (default RUN/export).")
+        Path | None, typer.Option("--out", "-o", help="Output folder (default RUN/export, "
+                                  "RUN/export_fold_K, RUN/export_ensemble).")
     ] = None,
     fold: Annotated[
-        int | None, typer.Option(help="Fold whose student to export (default: the run's choice).")
+        int | None, typer.Option(help="Export fold K's student instead of the final model "
+                                 "(RUN/final, trained on every labelled slide).")
     ] = None,
+    ensemble: Annotated[
+        bool, typer.Option(help="Export the mean of every fold's student: k MIL heads, and in "
+                           "stage-1 encoder mode k LR encoders (k times the encoder's cost; "
+                           "adapter mode or no stage 1 runs the LR encoder once).")
+    ] = False,
     batch_opt: Annotated[int, typer.Option(help="TensorRT encoder batch: optimal size.")] = 64,
     batch_max: Annotated[int, typer.Option(help="TensorRT encoder batch: maximum.")] = 256,
     bag_opt: Annotated[int, typer.Option(help="TensorRT bag size (LR patches): optimal.")] = 2048,
@@ -39,21 +46,24 @@ def export(
         str, typer.Option(help="Encoder input: uint8 pixels, or float32 pixels in 0..255.")
     ] = "uint8",
 ) -> None:
-    """Export the student's LR encoder (uint8 patches -> embeddings, preprocessing included)
-    and MIL head (one bag -> probabilities + attention), both checked against torch first."""
+    """Export the final model's LR encoder (uint8 patches -> embeddings, preprocessing
+    included) and MIL head (one bag -> calibrated probabilities + attention), both checked
+    against torch first; updates RUN/MODEL_CARD.md."""
     with known_errors():
         from rich.console import Console
         from rich.table import Table
 
         from lrmil.export import export_run
         from lrmil.export.sidecar import read_sidecar
-        from lrmil.infer.engines.trt_engine import ShapeRange
+        from lrmil.export.tensorrt import ShapeRange
 
         artifacts = export_run(
             run, out, format.value, fp16, fold, ShapeRange(1, batch_opt, batch_max),
-            ShapeRange(1, bag_opt, bag_max), input_dtype,
+            ShapeRange(1, bag_opt, bag_max), input_dtype, ensemble,
         )
-        table = Table(title=f"lrmil export -> {next(iter(artifacts.values())).parent}")
+        meta = read_sidecar(artifacts["mil"]).model
+        table = Table(title=f"lrmil export of {meta.describe()} -> "
+                      f"{next(iter(artifacts.values())).parent}")
         for column in ("artifact", "input", "exporter", "max |onnx - torch|"):
             table.add_column(column)
         for path in artifacts.values():

@@ -38,9 +38,18 @@ def infer(
         EngineName, typer.Option(help="torch (eager), onnx (ONNX Runtime) or trt (TensorRT).")
     ] = EngineName.onnx,
     export_dir: Annotated[
-        Path | None, typer.Option(help="Exported artifacts for onnx/trt (default RUN/export).")
+        Path | None, typer.Option(help="Exported artifacts for onnx/trt (default RUN/export, "
+                                  "RUN/export_fold_K or RUN/export_ensemble).")
     ] = None,
-    fold: Annotated[int | None, typer.Option(help="Fold whose student to use (torch).")] = None,
+    fold: Annotated[
+        int | None, typer.Option(help="Use fold K's student instead of the final model "
+                                 "(RUN/final, trained on every labelled slide).")
+    ] = None,
+    ensemble: Annotated[
+        bool, typer.Option(help="Average every fold's student: k MIL heads, and in stage-1 "
+                           "encoder mode k LR encoders (k times the encoder's cost; adapter "
+                           "mode or no stage 1 runs the LR encoder once).")
+    ] = False,
     device: Annotated[
         str, typer.Option(help="torch engine device: auto (cuda if present; cuda:LOCAL_RANK under "
                           "torchrun), cpu, cuda or cuda:N.")
@@ -55,12 +64,19 @@ def infer(
     thumbnail_side: Annotated[
         int, typer.Option(min=16, help="Longer side of the heatmap's thumbnail, pixels.")
     ] = 1024,
+    labels: Annotated[
+        Path | None, typer.Option(help="Labels CSV (slide,label) of held-out slides: also "
+                                  "write OUT/evaluation.json (AUC, accuracy, balanced accuracy, "
+                                  "ECE, Brier) and print it.")
+    ] = None,
     overwrite: OverwriteOption = False,
     recursive: RecursiveOption = False,
     shard: ShardOption = None,
 ) -> None:
-    """Predict slides reading only LR patches: predictions.csv, heatmaps/<slide>.png,
-    attention/<slide>.h5, timings.csv, summary.json. Resumable; one bad slide is reported
+    """Predict slides reading only LR patches with the final model (calibrated probabilities,
+    the run's decision threshold): predictions.csv, heatmaps/<slide>.png,
+    qupath/<slide>.geojson (File > Import objects in QuPath), attention/<slide>.h5,
+    timings.csv, summary.json. Resumable; one bad slide is reported
     (OUT/errors.csv) and the others go on; exits 1 if any slide failed. Processes, torchrun
     ranks and hosts can share one --out (OUT/.claims)."""
     with known_errors():
@@ -71,20 +87,30 @@ def infer(
         override = mpp_override(mpp, mpp_csv)
         check_out_path(out)  # before the engine loads
         torch_device = rank_device(device, Ranks.from_env(shard).local_rank)
-        runner = load_engine(engine.value, model, export_dir, fold, torch_device)
+        runner = load_engine(engine.value, model, export_dir, fold, torch_device, ensemble)
+        from lrmil.infer.evaluate import evaluate, read_held_out_labels, summary_line
+
+        truth = (read_held_out_labels(labels, runner.meta.class_names) if labels is not None
+                 else None)  # a bad labels CSV is refused before any slide is read
         summary = infer_slides(
             slides, runner, out, mpp=override, batch_size=batch_size, workers=workers,
             overwrite=overwrite, thumbnail_side=thumbnail_side, top_k=top_k,
             recursive=recursive, shard=shard, progress=True,
         )
         if summary.reports:
-            _print_predictions(summary, out)
+            _print_predictions(summary, out, runner.meta.describe())
+            if truth is not None and summary.listed:
+                from rich.console import Console
+
+                result = evaluate(out, truth, runner.meta.class_names)
+                Console(stderr=True).print(f"evaluation ({out / 'evaluation.json'}): "
+                                           f"{summary_line(result)}")
         print_summary(summary, f"lrmil infer ({summary.engine}) -> {out}")
     if summary.failed and summary.reports:
         raise typer.Exit(1)
 
 
-def _print_predictions(summary, out: Path) -> None:  # summary: lrmil.infer.InferSummary
+def _print_predictions(summary, out: Path, model: str) -> None:  # lrmil.infer.InferSummary
     import csv
 
     from rich.console import Console
@@ -93,7 +119,7 @@ def _print_predictions(summary, out: Path) -> None:  # summary: lrmil.infer.Infe
     console = Console(stderr=True)
     with open(out / "predictions.csv", newline="") as f:
         rows = list(csv.reader(f))
-    table = Table(title=f"predictions ({out / 'predictions.csv'})")
+    table = Table(title=f"predictions of {model}, calibrated ({out / 'predictions.csv'})")
     for column in rows[0]:
         table.add_column(column)
     for row in rows[1:]:

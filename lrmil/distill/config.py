@@ -126,6 +126,9 @@ class DistillConfig:
     val_fraction: float = 0.2  # share of the non-test patients used for validation
     device: str = "auto"  # auto | cpu | cuda[:i]; bf16 autocast on CUDA
     ablations: list[str] = field(default_factory=list)  # any of no_stage1, no_attn_kd, no_logit_kd
+    # After the folds, train the deployable model on every labelled slide (RUN/final), the
+    # epochs from the folds' best ones; `lrmil export` and `lrmil infer` use it by default.
+    final: bool = True
     mil: MILConfig = field(default_factory=MILConfig)
     teacher: TrainConfig = field(default_factory=TrainConfig)
     baseline: TrainConfig = field(default_factory=TrainConfig)

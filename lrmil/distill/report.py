@@ -167,6 +167,18 @@ def markdown(report: dict[str, Any]) -> str:
     for k in report["folds"]:
         fold = report["per_fold"][str(k)]
         lines.append(f"| {k} | " + " | ".join(_fmt(fold[m]["auc"]) for m in models) + " |")
+    if report.get("calibration"):
+        from lrmil.distill.calibration import Calibration, calibration_markdown
+
+        lines += ["", *calibration_markdown(Calibration.from_dict(report["calibration"]),
+                                            report["class_names"])]
+    if report.get("final"):
+        final = report["final"]
+        lines += ["", "## Final model", "",
+                  f"RUN/final: teacher, stage 1 and student trained again on all "
+                  f"{final['slides']} labelled slides; teacher {final['epochs']['teacher']} and "
+                  f"student {final['epochs']['student']} epochs, the median of the folds' best "
+                  "epochs (final/training.json). `lrmil export` and `lrmil infer` use it."]
     if "cohort" in report:
         lines += ["", *cohort_markdown(report["cohort"])]
     if "fold_counts" in report:

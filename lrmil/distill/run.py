@@ -1,5 +1,5 @@
-"""`run(cfg)`: every step over every fold, then the report; and `load_student` for export and
-inference.
+"""`run(cfg)`: every step over every fold, the final model, the calibration, then the report
+and the model card (the trained students are read by lrmil.distill.models).
 
 Each step is skipped when its outputs exist (the model's safetensors file is written last), so
 an interrupted run resumes where it stopped. Every step seeds itself from (seed, fold, step),
@@ -21,31 +21,33 @@ import torch
 
 from lrmil.data.store import ArrayKey, FeatureStore
 from lrmil.distill.baseline import train_baseline
-from lrmil.distill.checkpoint import load_mil, load_state
+from lrmil.distill.calibration import calibrate_run
 from lrmil.distill.cohort import Cohort, few, load_cohort
-from lrmil.distill.config import DistillConfig, from_dict, save_config
+from lrmil.distill.config import DistillConfig, save_config
+from lrmil.distill.final import FINAL_FOLD, read_training, train_final
 from lrmil.distill.layout import FoldLayout, RunLayout
+from lrmil.distill.model_card import write_model_card
 from lrmil.distill.parallel import FoldRanks
 from lrmil.distill.report import build_report, write_report
 from lrmil.distill.splits import Fold, check_splits, make_splits, read_splits, write_splits
 from lrmil.distill.stage1 import (
     SlideGeometry,
     check_stage1,
-    load_adapter,
     run_stage1,
     stage1_features,
 )
 from lrmil.distill.student import train_student
 from lrmil.distill.teacher import train_teacher
 from lrmil.distill.train import Progress
-from lrmil.errors import ConfigError, FileFormatError
+from lrmil.errors import ConfigError
 from lrmil.runner.distributed import rank_device
 from lrmil.utils.atomic import remove_stale_temps
 from lrmil.utils.paths import check_out_path
 
 # Settings that may change between a run and its resumption without changing any result.
-RESUMABLE_CHANGES = {"out", "device", "ablations", "stage1.read_workers", "features", "labels",
-                     "tiled", "splits_csv", "data.cache_gb", "data.workers", "data.prefetch"}
+RESUMABLE_CHANGES = {"out", "device", "ablations", "final", "stage1.read_workers", "features",
+                     "labels", "tiled", "splits_csv", "data.cache_gb", "data.workers",
+                     "data.prefetch"}
 
 # Entered around every step that runs, with the step's description; what it yields is called
 # after every training epoch with (epoch, stats) (the CLI's progress display).
@@ -71,8 +73,10 @@ def cohort_notes(cohort: Cohort) -> list[str]:
 
 def run(cfg: DistillConfig, on_step: StepHook | None = None,
         on_note: NoteHook | None = None) -> dict[str, Any] | None:
-    """Train teacher, stage 1, student, baseline and the ablations on every fold; write the
-    report (metrics.json, report.md, roc.png) and return it. `on_step(description)` is entered
+    """Train teacher, stage 1, student, baseline and the ablations on every fold, then the
+    final model on every labelled slide (`final`); calibrate on the folds' test predictions;
+    write the report (metrics.json, report.md, roc.png, calibration.png) and the model card,
+    and return the report. `on_step(description)` is entered
     around each step that runs (the CLI shows progress with it); `on_note(line)` gets the
     cohort's counts and warnings. Every input is checked before anything is written.
 
@@ -115,11 +119,18 @@ def run(cfg: DistillConfig, on_step: StepHook | None = None,
         if not ranks.main:
             return None
     models = ["teacher", "baseline", "student", *(f"student_{a}" for a in cfg.ablations)]
-    report = build_report(layout.root, [f.index for f in folds], models, cohort.class_names,
+    indices = [f.index for f in folds]
+    if cfg.final:  # on rank 0, after every fold (its epochs come from theirs)
+        train_final(cfg, cohort, layout, indices, device, geometry, hook,
+                    lambda step: seed_for(cfg.seed, FINAL_FOLD, step))
+    calibration = calibrate_run(layout, indices)
+    report = build_report(layout.root, indices, models, cohort.class_names,
                           {"mode": cfg.stage1.mode if cfg.stage1.enabled else "none",
-                           "cohort": cohort.summary(), "fold_counts": cohort.split_counts(folds)},
-                          seed=cfg.seed)
+                           "cohort": cohort.summary(), "fold_counts": cohort.split_counts(folds),
+                           "calibration": calibration.to_dict(),
+                           "final": read_training(layout)}, seed=cfg.seed)
     write_report(layout.root, report)
+    write_model_card(layout.root)
     return report
 
 
@@ -198,7 +209,9 @@ def _save_config(cfg: DistillConfig, cohort: Cohort, layout: RunLayout) -> None:
 
     extra = {"versions": versions(), "class_names": cohort.class_names,
              "encoder": {"lr": cohort.lr_encoder, "hr": cohort.hr_encoder,
-                         "seed": cohort.encoder_seed}, "r": cohort.r, **_geometry(cfg, cohort)}
+                         "seed": cohort.encoder_seed,
+                         "lr_digest": cohort.lr_attrs.get("encoder_digest")},
+             "r": cohort.r, **_geometry(cfg, cohort)}
     save_config(cfg, layout.config, extra)
 
 
@@ -230,43 +243,3 @@ def _splits(cfg: DistillConfig, cohort: Cohort, layout: RunLayout) -> list[Fold]
                             cfg.val_fraction)
     check_splits(folds, cohort.label_of(), cohort.class_names)
     return folds
-
-
-def load_student(run: str | Path, fold: int | None = None):
-    """(encoder, student MIL, config dict) of a run, for export and inference.
-
-    The encoder is the stage-1 one: the distilled LR encoder (`encoder` mode), or the built LR
-    encoder followed by the adapter (`adapter` mode, `encoder.model` includes it). `fold=None`
-    picks the fold whose student had the best validation AUC."""
-    from lrmil.encoders import build
-
-    layout = RunLayout(Path(run))
-    if not layout.config.is_file():
-        raise FileFormatError(f"{layout.root} is not an lrmil distill run (no config.json)")
-    config = json.loads(layout.config.read_text())
-    cfg = from_dict({k: v for k, v in config.items() if k in DistillConfig.__dataclass_fields__})
-    out = layout.fold(_best_fold(layout) if fold is None else fold)
-    mil, _ = load_mil(out.model("student"))
-    enc = config["encoder"]
-    encoder = build(enc["lr"], cfg.stage1.encoder_weights, seed=int(enc.get("seed", 0)))
-    if cfg.stage1.enabled and cfg.stage1.mode == "encoder":
-        state, _ = load_state(out.stage1_model("encoder"))
-        encoder.model.load_state_dict(state)
-    elif cfg.stage1.enabled:
-        adapter = load_adapter(out.stage1_model("adapter"))
-        encoder = dataclasses.replace(encoder, model=torch.nn.Sequential(encoder.model, adapter),
-                                      dim=adapter.feature_dim)
-    encoder.model.eval()
-    return encoder, mil, config
-
-
-def _best_fold(layout: RunLayout) -> int:
-    scores = {}
-    for fold in layout.folds():
-        if fold.model("student").is_file():
-            _, meta = load_state(fold.model("student"))
-            scores[fold.index] = float(meta.get("val_auc", float("-inf")))
-    if not scores:
-        raise FileFormatError(f"run {layout.root} has no trained student "
-                              "(fold_*/student.safetensors)")
-    return max(sorted(scores), key=lambda k: scores[k])

@@ -26,7 +26,7 @@ from lrmil.export.sidecar import (
     file_sha256,
     sidecar_path,
 )
-from lrmil.infer.engines.trt_engine import ShapeRange, build_plan, environment_versions
+from lrmil.export.tensorrt import ShapeRange, build_plan, environment_versions
 from lrmil.utils.atomic import atomic_write_text
 from lrmil.utils.paths import check_out_path
 
@@ -37,17 +37,27 @@ INPUT_DTYPES = ("uint8", "float32")
 
 def export_run(run: str | Path, out_dir: str | Path | None = None, fmt: str = "onnx",
                fp16: bool = False, fold: int | None = None, batch: ShapeRange = DEFAULT_BATCH,
-               bag: ShapeRange = DEFAULT_BAG, input_dtype: str = "uint8") -> dict[str, Path]:
-    """Export the student of `run` (default into RUN/export); returns {kind: artifact path}."""
+               bag: ShapeRange = DEFAULT_BAG, input_dtype: str = "uint8",
+               ensemble: bool = False) -> dict[str, Path]:
+    """Export the final model of `run` (default, into RUN/export), fold `fold`'s student
+    (RUN/export_fold_<k>) or the mean of the fold students (`ensemble`, RUN/export_ensemble);
+    update RUN/MODEL_CARD.md; return {kind: artifact path}."""
+    from lrmil.distill.layout import RunLayout
+    from lrmil.distill.model_card import write_model_card
     from lrmil.export.source import load_run
 
     _check_options(fmt, fp16)
-    out = check_out_path(Path(out_dir) if out_dir is not None else Path(run) / "export")
+    default = RunLayout(Path(run)).export_dir(fold, ensemble)
+    out = check_out_path(Path(out_dir) if out_dir is not None else default)
     if fmt == "trt":
         environment_versions()  # say what is missing before loading anything
-    model = load_run(run, fold)
-    return export_model(model.encoder, model.head, model.meta, out, fmt, fp16, batch, bag,
-                        input_dtype)
+    model = load_run(run, fold, ensemble)
+    layout = RunLayout(Path(run))
+    artifacts = export_model(model.encoder, model.head, model.meta, out, fmt, fp16, batch, bag,
+                             input_dtype)
+    if layout.config.is_file():
+        write_model_card(layout.root)
+    return artifacts
 
 
 def export_model(encoder: EncoderGraph, head: HeadGraph, meta: ModelMeta, out_dir: Path,

@@ -17,7 +17,9 @@ from typing import Any
 
 from lrmil.errors import FileFormatError
 
-SIDECAR_VERSION = 1
+# 2: the model's choice (final, fold, ensemble), the temperature inside the graph, the
+# decision threshold. A version-1 sidecar (uncalibrated graphs) is refused with what to do.
+SIDECAR_VERSION = 2
 KINDS = ("encoder", "mil")
 FORMATS = ("onnx", "trt")
 _SUFFIX = {"onnx": ".onnx", "trt": ".plan"}
@@ -32,9 +34,21 @@ class ModelMeta:
     patch_size: int  # LR patch side in pixels at `magnification`
     magnification: float  # LR magnification the patches are read at
     class_names: list[str]
-    source_sha256: str | None = None  # hash of the run's config and weights files
-    fold: int | None = None
+    source_sha256: str | None = None  # hash of the run's config, weights and calibration
+    fold: int | None = None  # the fold of a fold's student (model "fold")
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. tissue/tiling settings
+    model: str = "final"  # "final" | "fold" | "ensemble" (the mean of `folds`' students)
+    folds: list[int] = field(default_factory=list)  # the ensemble's members
+    temperature: float = 1.0  # logits / T inside the MIL graph: its probabilities are calibrated
+    threshold: float | None = None  # two classes: P(second class) >= threshold calls it
+
+    def describe(self) -> str:
+        """"the final model", "the student of fold 2", "the ensemble of folds 1, 2, 3"."""
+        if self.model == "fold":
+            return f"the student of fold {self.fold}"
+        if self.model == "ensemble":
+            return f"the ensemble of folds {', '.join(map(str, self.folds))}"
+        return "the final model"
 
 
 @dataclass
@@ -100,6 +114,10 @@ def read_sidecar(artifact: Path) -> Sidecar:
     try:
         data = json.loads(path.read_text())
         found = data.get("sidecar_version")
+        if found == 1:
+            raise FileFormatError(f"{path}: sidecar version 1, an export from before "
+                                  "calibration; re-run `lrmil export` (and `lrmil distill`, "
+                                  "which resumes, for the final model and its calibration)")
         if found != SIDECAR_VERSION:
             raise FileFormatError(f"{path}: sidecar version {found!r}, expected {SIDECAR_VERSION}")
         data["inputs"] = [TensorSpec(**s) for s in data["inputs"]]

@@ -31,17 +31,19 @@ class SlideRecord:
     n_patches: int
     seconds: float
     timings: dict[str, float]
+    threshold: float | None = None  # the decision threshold used (two classes), else argmax
 
 
 def write_attention(path: Path, pred: SlidePrediction, class_names: list[str],
                     identity: dict[str, object], model_id: str, engine: str,
-                    versions: dict[str, str]) -> None:
+                    versions: dict[str, str], threshold: float | None = None) -> None:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("attention", data=pred.attention.astype(np.float32))
         f.create_dataset("coords", data=pred.coords.astype(np.int64))
         f.create_dataset("probabilities", data=pred.probabilities.astype(np.float32))
         f.attrs.update({
-            "slide": pred.name, "predicted": class_names[pred.predicted],
+            "slide": pred.name, "predicted": class_names[pred.called(threshold)],
+            "threshold": json.dumps(threshold),
             "class_names": json.dumps(class_names), "patch_size_level0": pred.patch_size0,
             "model": model_id, "engine": engine, "timings": json.dumps(pred.timings),
             "versions": json.dumps(versions), **identity,
@@ -56,15 +58,20 @@ def read_record(path: Path) -> SlideRecord:
                 slide=str(f.attrs["slide"]), predicted=str(f.attrs["predicted"]),
                 probabilities=[float(p) for p in f["probabilities"][()]],
                 n_patches=int(f["attention"].shape[0]), seconds=float(timings["total"]),
-                timings=timings,
+                timings=timings, threshold=json.loads(f.attrs.get("threshold", "null")),
             )
     except (OSError, KeyError) as exc:
         raise FileFormatError(f"{path}: not a readable lrmil attention file ({exc})") from exc
 
 
 def write_predictions(path: Path, records: list[SlideRecord], class_names: list[str]) -> None:
-    rows = [["slide", "predicted", *[f"prob_{c}" for c in class_names], "n_patches", "seconds"]]
-    rows += [[r.slide, r.predicted, *[f"{p:.6f}" for p in r.probabilities], r.n_patches,
+    """slide, predicted (the class called), prob_<class> (calibrated: the export applies the
+    temperature), threshold (P(second class) >= threshold calls it; "argmax": the most
+    probable class), n_patches, seconds."""
+    rows = [["slide", "predicted", *[f"prob_{c}" for c in class_names], "threshold",
+             "n_patches", "seconds"]]
+    rows += [[r.slide, r.predicted, *[f"{p:.6f}" for p in r.probabilities],
+              "argmax" if r.threshold is None else f"{r.threshold:.6f}", r.n_patches,
               f"{r.seconds:.3f}"] for r in records]
     atomic_write_text(path, _csv(rows))
 

@@ -35,11 +35,16 @@ class SlidePrediction:
     patch_size0: int  # LR patch side in level-0 pixels
     thumbnail: np.ndarray  # (h, w, 3) uint8, the whole slide at the tissue mask's magnification
     thumbnail_scale: float  # thumbnail pixels per level-0 pixel
+    mask: np.ndarray  # (h, w) bool, the tissue mask
+    mask_scale: tuple[float, float]  # mask pixels per level-0 pixel (x, y)
+    origin: tuple[int, int] = (0, 0)  # level-0 corner a viewer shows as (0, 0) (bounds-x/y)
     timings: dict[str, float] = field(default_factory=dict)  # tissue, read, encode, aggregate
 
-    @property
-    def predicted(self) -> int:
-        return int(np.argmax(self.probabilities))
+    def called(self, threshold: float | None) -> int:
+        """The class called: the threshold on the second class (two classes), else argmax."""
+        from lrmil.distill.calibration import decide
+
+        return int(decide(self.probabilities[None], threshold)[0])
 
 
 def predict_slide(path: str | Path, engine: Engine, tiling: TilingConfig, *,
@@ -52,7 +57,7 @@ def predict_slide(path: str | Path, engine: Engine, tiling: TilingConfig, *,
     clock = time.perf_counter()
     with open_slide(path, mpp) as slide:
         tiles = tile_slide(slide, tiling, lr_only=True)
-        name = slide.name
+        name, origin = slide.name, slide.bounds_origin
         if len(tiles.coords) == 0:
             raise SlideError(f"{path}: no tissue found (no LR patch reaches the tissue threshold)")
         # The heatmap reuses the thumbnail the tissue mask was made from (no second read)
@@ -89,7 +94,7 @@ def predict_slide(path: str | Path, engine: Engine, tiling: TilingConfig, *,
     timings["aggregate"] = time.perf_counter() - started
     timings["total"] = time.perf_counter() - clock
     return SlidePrediction(name, path, probs, attn, tiles.coords, tiles.geometry.lr_size0,
-                           thumb, scale, timings)
+                           thumb, scale, tiles.mask, tiles.mask_scale, origin, timings)
 
 
 def _shrink(image: np.ndarray, scale: float, max_side: int) -> tuple[np.ndarray, float]:

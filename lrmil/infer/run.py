@@ -1,10 +1,12 @@
 """`lrmil infer`: LR-only inference over many slides through the slide runner (resume, claims,
 torchrun ranks, shards, one bad slide never stopping the others).
 
-Per slide (`InferJob.work`): OUT/heatmaps/<slide>.png, then OUT/attention/<slide>.h5 (written
-last: its presence marks the slide complete). Per call: OUT/predictions.csv, OUT/timings.csv
-and OUT/summary.json over every slide of the call whose record is current (slides done by other
-processes or shards included), so the process that finishes last leaves the complete tables.
+Per slide (`InferJob.work`): OUT/heatmaps/<slide>.png, OUT/qupath/<slide>.geojson (tiles with
+their attention and the slide's call on its tissue outline, for QuPath), then
+OUT/attention/<slide>.h5 (written last: its presence marks the slide complete). Per call:
+OUT/predictions.csv, OUT/timings.csv and OUT/summary.json over every slide of the call whose
+record is current (slides done by other processes or shards included), so the process that
+finishes last leaves the complete tables.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import h5py
 
 from lrmil.errors import ConfigError
-from lrmil.infer import outputs
+from lrmil.infer import outputs, qupath
 from lrmil.infer.engines.base import Engine
 from lrmil.infer.heatmap import render_heatmap
 from lrmil.infer.pipeline import predict_slide, tiling_for
@@ -101,8 +103,13 @@ class InferJob:
         pred.timings["heatmap"] = time.perf_counter() - clock
         from lrmil.info import versions
 
-        outputs.write_attention(self.record_path(item.name), pred, self.engine.meta.class_names,
-                                identity.attrs(), self.model_id, self.engine.name, versions())
+        meta = self.engine.meta
+        collection = qupath.slide_geojson(pred, meta.class_names, pred.called(meta.threshold),
+                                          meta.threshold)
+        qupath.write_geojson(self.out / "qupath" / f"{item.name}.geojson", collection)
+        outputs.write_attention(self.record_path(item.name), pred, meta.class_names,
+                                identity.attrs(), self.model_id, self.engine.name, versions(),
+                                meta.threshold)
         self.timings.append(pred.timings)
         return Done(len(pred.coords))
 
@@ -124,6 +131,7 @@ def infer_slides(slides: Sequence[str | Path], engine: Engine, out_dir: str | Pa
     out = check_out_dir(out_dir)
     (out / "attention").mkdir(exist_ok=True)
     (out / "heatmaps").mkdir(exist_ok=True)
+    (out / "qupath").mkdir(exist_ok=True)
     meta = engine.meta
     job = InferJob(engine, out, tiling_for(meta.extra, meta.patch_size, meta.magnification),
                    mpp, batch_size, workers, thumbnail_side, top_k)

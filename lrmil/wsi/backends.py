@@ -24,6 +24,9 @@ class Backend(Protocol):
 
     def metadata_mpp(self) -> float | None: ...
     def objective_power(self) -> float | None: ...
+    def bounds_origin(self) -> tuple[int, int]:
+        """Level-0 corner of the scanned area that viewers (QuPath) show as (0, 0)."""
+        ...
     def read(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
         """(height, width, 3) uint8 RGB of level `level` whose top-left is (x0, y0) in level 0."""
         ...
@@ -69,6 +72,11 @@ class OpenSlideBackend:
     def objective_power(self) -> float | None:
         return _positive_float(self._slide.properties.get("openslide.objective-power"))
 
+    def bounds_origin(self) -> tuple[int, int]:
+        props = self._slide.properties
+        return (int(props.get("openslide.bounds-x", 0) or 0),
+                int(props.get("openslide.bounds-y", 0) or 0))
+
     def read(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
         if self._tiles is not None:
             d = self.level_downsamples[level]
@@ -103,6 +111,9 @@ class ImageBackend:
 
     def objective_power(self) -> float | None:
         return None
+
+    def bounds_origin(self) -> tuple[int, int]:
+        return (0, 0)
 
     def read(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
         w, h = self._image.size

@@ -33,6 +33,8 @@ class Slide:
         self.level_dimensions = backend.level_dimensions
         self.level_downsamples = backend.level_downsamples
         self.dimensions: tuple[int, int] = backend.level_dimensions[0]
+        # QuPath shows OpenSlide formats cropped to openslide.bounds-x/y: its (0, 0) is here.
+        self.bounds_origin: tuple[int, int] = backend.bounds_origin()
 
     def __repr__(self) -> str:
         w, h = self.dimensions

@@ -5,7 +5,7 @@ from lrmil.cli.main import app
 from typer.testing import CliRunner
 
 from lrmil.errors import EnvironmentMissingError
-from lrmil.infer.engines.trt_engine import require_tensorrt
+from lrmil.export.tensorrt import require_tensorrt
 
 
 def _invoke(*args):

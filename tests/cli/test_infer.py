@@ -5,7 +5,7 @@ from lrmil.cli.main import app
 from typer.testing import CliRunner
 
 from lrmil.errors import EnvironmentMissingError
-from lrmil.infer.engines.trt_engine import require_tensorrt
+from lrmil.export.tensorrt import require_tensorrt
 
 
 def _invoke(*args):
@@ -37,7 +37,7 @@ def test_trt_without_tensorrt_or_gpu_is_one_line_suggesting_onnx(run, tmp_path):
 def test_onnx_without_an_export_says_to_run_export(run, tmp_path):
     result = _invoke("infer", tmp_path / "a.svs", "--model", run, "--out", tmp_path / "out")
     assert result.exit_code == 1
-    assert "exported artifact not found (run `lrmil export`)" in result.output
+    assert f"{run / 'export'} does not exist: run `lrmil export {run}` first" in result.output
 
 
 def test_missing_model_and_conflicting_options_are_refused(run, tmp_path):
@@ -77,7 +77,12 @@ def test_export_then_infer_with_each_engine(tiny_run, synth_negative_slide_path,
     assert max(abs(a - b) for a, b in zip(probs["onnx"], probs["torch"], strict=True)) < 1e-5
     result = _invoke("infer", synth_negative_slide_path, "--model", tiny_run, "--out",
                      tmp_path / "fold2", "--fold", "2")
-    assert result.exit_code == 1 and "not fold 2" in result.output
+    assert result.exit_code == 1 and "export_fold_2 does not exist" in result.output
+    assert f"lrmil export {tiny_run} --fold 2" in result.output
+    result = _invoke("infer", synth_negative_slide_path, "--model", tiny_run, "--out",
+                     tmp_path / "fold2", "--fold", "2", "--export-dir", tiny_run / "export")
+    assert result.exit_code == 1
+    assert "holds the final model, not the model asked for" in result.output
     (tiny_run / "fold_1" / "student.safetensors").write_bytes(b"retrained")
     result = _invoke("infer", synth_negative_slide_path, "--model", tiny_run, "--out",
                      tmp_path / "stale")

@@ -109,4 +109,4 @@ def test_roc_legend_matches_the_pooled_macro_auc(tmp_path, monkeypatch):
     macro = f"{report['pooled']['student']['auc']['value']:.3f}"
     assert f"macro average (macro AUC {macro})" in labels
     per_class = [f"{a:.3f}" for a in report["pooled"]["student"]["auc_per_class"]]
-    assert [f"{c} vs rest (AUC {a})" for c, a in zip(CLASSES, per_class)] == labels[:3]
+    assert [f"{c} vs rest (AUC {a})" for c, a in zip(CLASSES, per_class, strict=True)] == labels[:3]

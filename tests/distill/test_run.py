@@ -147,3 +147,100 @@ def test_student_checkpoint_loads_and_predicts_the_same(toy_run):
     assert config_json["stage1"]["mode"] == "adapter"
     best, _, _ = load_student(out)
     assert best.dim == encoder.dim
+
+
+def test_final_model_trains_on_every_slide_with_the_folds_epochs(toy_run, toy_features):
+    from lrmil.distill.cohort import load_cohort
+    from lrmil.distill.final import median_epoch
+
+    out, report = toy_run
+    layout = RunLayout(out)
+    training = json.loads(layout.final_training.read_text())
+    cohort = load_cohort(toy_features, toy_features / "labels.csv")
+    assert training["slides"] == len(cohort.names) == 24
+    for model in ("teacher", "student"):
+        best = {str(k): load_mil(layout.fold(k).model(model))[1]["best_epoch"] for k in (1, 2, 3)}
+        assert training["fold_best_epochs"][model] == best
+        assert training["epochs"][model] == median_epoch(list(best.values()))
+        _, meta = load_mil(layout.final.model(model))
+        assert meta["best_epoch"] == training["epochs"][model]  # exactly that many epochs
+    assert median_epoch([3, 4]) == 4 and median_epoch([2, 5, 9]) == 5
+    # On every slide: the final student standardises with the mean of all 24 slides' inputs.
+    mil, _ = load_mil(layout.final.model("student"))
+    store = FeatureStore()
+    rows = np.concatenate([store.read(stage1_features(layout.final, n)) for n in cohort.names])
+    np.testing.assert_allclose(mil.in_mean.numpy(), rows.mean(axis=0), atol=1e-4)
+    # The default model of export and inference.
+    _, default, _ = load_student(out)
+    for key, value in mil.state_dict().items():
+        torch.testing.assert_close(default.state_dict()[key], value)
+    assert report["final"]["epochs"] == training["epochs"]
+    assert "## Final model" in (out / "report.md").read_text()
+
+
+def test_calibration_is_fitted_on_the_out_of_fold_predictions(toy_run):
+    from lrmil.distill.calibration import fit_calibration, out_of_fold, read_calibration
+
+    out, report = toy_run
+    layout = RunLayout(out)
+    saved = read_calibration(layout)
+    logits, labels = out_of_fold(layout, [1, 2, 3])
+    assert len(labels) == 24 and saved.slides == 24
+    assert saved.temperature == pytest.approx(fit_calibration(logits, labels).temperature)
+    assert saved.threshold is not None  # two classes
+    assert layout.calibration_plot.stat().st_size > 0
+    assert "## Calibration (deployed model)" in (out / "report.md").read_text()
+
+
+def test_model_card_says_what_the_run_holds(toy_run):
+    from lrmil import __version__
+    from lrmil.distill.calibration import read_calibration
+
+    out, _ = toy_run
+    text = (out / "MODEL_CARD.md").read_text()
+    temperature = read_calibration(RunLayout(out)).temperature
+    for part in ("trained on all 24 labelled slides", "class_0: 12 slides / 12 patients",
+                 "Classes: class_0, class_1", "LR encoder: lrmil-cnn", "95% CI",
+                 f"T = {temperature:.3f}", "ECE (15 bins)", "Decision threshold",
+                 "## Intended use", "## Known limits", f"lrmil {__version__}",
+                 "None yet (`lrmil export RUN`)"):
+        assert part in text, part
+
+
+def test_export_and_engines_of_the_final_model_a_fold_and_the_ensemble(toy_run):
+    """Each choice exports to its folder, records itself and the temperature, and every engine
+    gives the same calibrated probabilities; the ensemble is the mean of the fold students."""
+    from lrmil.distill.calibration import read_calibration
+    from lrmil.export import export_run
+    from lrmil.infer.engines import load_engine
+
+    out, _ = toy_run
+    temperature = read_calibration(RunLayout(out)).temperature
+    probs = {}
+    for name, options, folder in (("final", {}, "export"),
+                                  ("fold 2", {"fold": 2}, "export_fold_2"),
+                                  ("ensemble", {"ensemble": True}, "export_ensemble")):
+        artifacts = export_run(out, **options)
+        assert artifacts["mil"].parent == out / folder
+        onnx = load_engine("onnx", out, **options)
+        eager = load_engine("torch", out, device="cpu", **options)
+        assert onnx.meta == eager.meta
+        assert onnx.meta.temperature == pytest.approx(temperature)
+        assert onnx.meta.threshold is not None
+        side = onnx.meta.patch_size
+        patches = torch.randint(0, 256, (6, side, side, 3),
+                                generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+        p_onnx, a_onnx = onnx.aggregate(onnx.encode(patches))
+        p_torch, a_torch = eager.aggregate(eager.encode(patches))
+        torch.testing.assert_close(p_onnx, p_torch, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(a_onnx, a_torch, atol=1e-5, rtol=1e-4)
+        probs[name] = p_torch
+    assert load_engine("onnx", out).meta.model == "final"
+    assert load_engine("onnx", out, ensemble=True).meta.folds == [1, 2, 3]
+    members = []
+    for k in (1, 2, 3):
+        engine = load_engine("torch", out, fold=k, device="cpu")
+        members.append(engine.aggregate(engine.encode(patches))[0])
+    torch.testing.assert_close(probs["ensemble"], torch.stack(members).mean(0))
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "export/mil.onnx: final model" in card and "export_ensemble/mil.onnx: ensemble" in card

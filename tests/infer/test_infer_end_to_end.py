@@ -1,5 +1,6 @@
 """synth -> tile -> embed -> distill -> `lrmil export` -> `lrmil infer`: the predictions of
-inference from the slide files equal those of the distill run's own evaluation."""
+inference from the slide files equal those of the distill run's own evaluation, calibrated by
+the run's temperature (the exported graph applies it)."""
 
 import csv
 
@@ -41,10 +42,18 @@ def trained(tmp_path_factory):
 def test_infer_equals_the_distill_evaluation(trained, engine):
     runner = CliRunner()
     run_dir = trained / "run"
-    if not (run_dir / "export").exists():
+    if not (run_dir / "export_fold_1").exists():
         result = runner.invoke(app, ["export", str(run_dir), "--fold", "1"])
         assert result.exit_code == 0, result.output
-    expected, columns = _probs(run_dir / "fold_1" / "pred_student.csv")
+    from lrmil.distill.calibration import read_calibration, softmax
+    from lrmil.distill.layout import RunLayout
+    from lrmil.distill.predictions import read_predictions_with_logits
+
+    names, _, _, logits = read_predictions_with_logits(run_dir / "fold_1" / "pred_student.csv")
+    temperature = read_calibration(RunLayout(run_dir)).temperature
+    assert temperature != 1.0
+    expected = dict(zip(names, softmax(logits, temperature), strict=True))
+    _, columns = _probs(run_dir / "fold_1" / "pred_student.csv")
     slides = [str(trained / "cohort" / "slides" / f"{name}.svs") for name in expected]
     out = trained / f"infer_{engine}"
     result = runner.invoke(app, ["infer", *slides, "--model", str(run_dir), "--fold", "1",
@@ -55,3 +64,4 @@ def test_infer_equals_the_distill_evaluation(trained, engine):
     for name, probs in expected.items():
         np.testing.assert_allclose(got[name], probs, atol=2e-5, err_msg=name)
     assert len(list((out / "heatmaps").glob("*.png"))) == len(expected)
+    assert len(list((out / "qupath").glob("*.geojson"))) == len(expected)

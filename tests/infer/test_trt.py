@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lrmil.errors import ConfigError, EnvironmentMissingError, FileFormatError
-from lrmil.infer.engines.trt_engine import ShapeRange, chunks, require_tensorrt, torch_dtype
+from lrmil.export.tensorrt import ShapeRange, require_tensorrt
+from lrmil.infer.engines.trt_engine import chunks, torch_dtype
 
 
 def _trt_usable() -> bool:
@@ -21,15 +22,16 @@ def _trt_usable() -> bool:
 
 
 def test_module_imports_without_tensorrt_and_fails_in_one_line_when_used():
-    """In a process where `import tensorrt` fails: the module imports, and only using it
-    raises the one-line EnvironmentMissingError."""
+    """In a process where `import tensorrt` fails: the engine and the plan builder import, and
+    only using them raises the one-line EnvironmentMissingError."""
     code = textwrap.dedent("""
         import sys
         sys.modules["tensorrt"] = None  # `import tensorrt` now raises ImportError
-        from lrmil.infer.engines import trt_engine
+        from lrmil.infer.engines import trt_engine  # noqa: F401 (imports without TensorRT)
+        from lrmil.export import tensorrt
         from lrmil.errors import EnvironmentMissingError
         try:
-            trt_engine.require_tensorrt()
+            tensorrt.require_tensorrt()
         except EnvironmentMissingError as exc:
             print(exc)
         else:

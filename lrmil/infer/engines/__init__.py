@@ -13,17 +13,22 @@ ENGINES = ("torch", "onnx", "trt")
 
 
 def load_engine(kind: str, run: str | Path, export_dir: str | Path | None = None,
-                fold: int | None = None, device: str | None = None) -> Engine:
-    """The engine `kind` for the student of `run`. onnx/trt load RUN/export (or `export_dir`) and
-    refuse artifacts exported from other weights than the run's current ones, or from another
-    fold than `fold` when one is given."""
+                fold: int | None = None, device: str | None = None,
+                ensemble: bool = False) -> Engine:
+    """The engine `kind` for the final model of `run` (default), fold `fold`'s student, or the
+    fold students' mean (`ensemble`). onnx/trt load that model's export folder (RUN/export,
+    RUN/export_fold_<k>, RUN/export_ensemble; or `export_dir`) and refuse artifacts exported
+    from other weights than the run's current ones, or of another model than the one asked."""
+    from lrmil.distill.layout import RunLayout
     from lrmil.export.source import read_run_config, run_sha256
 
     run = Path(run)
     if kind not in ENGINES:
         raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, got {kind!r}")
+    if ensemble and fold is not None:
+        raise ConfigError("give --fold K or --ensemble, not both")
     if kind == "trt":  # say what is missing before touching the run
-        from lrmil.infer.engines.trt_engine import require_tensorrt
+        from lrmil.export.tensorrt import require_tensorrt
 
         require_tensorrt()
     read_run_config(run)
@@ -31,10 +36,15 @@ def load_engine(kind: str, run: str | Path, export_dir: str | Path | None = None
         from lrmil.export.source import load_run
         from lrmil.infer.engines.torch_engine import TorchEngine
 
-        model = load_run(run, fold)
+        model = load_run(run, fold, ensemble)
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return TorchEngine(model.encoder, model.head, model.meta, dev)
-    exported = Path(export_dir) if export_dir is not None else run / "export"
+    exported = (Path(export_dir) if export_dir is not None
+                else RunLayout(run).export_dir(fold, ensemble))
+    option = " --ensemble" if ensemble else f" --fold {fold}" if fold is not None else ""
+    if not exported.is_dir():
+        raise FileFormatError(f"{exported} does not exist: run `lrmil export {run}{option}` "
+                              "first (or give its --export-dir)")
     if kind == "onnx":
         from lrmil.infer.engines.onnx_engine import OnnxEngine
 
@@ -43,11 +53,12 @@ def load_engine(kind: str, run: str | Path, export_dir: str | Path | None = None
         from lrmil.infer.engines.trt_engine import TrtEngine
 
         engine = TrtEngine(exported, run_sha256(run))
-    if fold is not None and engine.meta.fold != fold:
+    asked = "ensemble" if ensemble else "final" if fold is None else "fold"
+    meta = engine.meta
+    if meta.model != asked or (asked == "fold" and meta.fold != fold):
         raise FileFormatError(
-            f"{exported} holds the student of fold {engine.meta.fold or 'best'}, not fold {fold}; "
-            f"re-run `lrmil export {run} --fold {fold}`"
-        )
+            f"{exported} holds {meta.describe()}, not the model asked for; re-run "
+            f"`lrmil export {run}{option}` (or give its --export-dir)")
     return engine
 
 
