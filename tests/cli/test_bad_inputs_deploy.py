@@ -104,7 +104,8 @@ INFER = {
         ["--out", _write(tmp / "taken", "keep me")], [tmp / "taken", "--out must be a folder"]),
     "device gpu": lambda tmp, run, s: (["--engine", "torch", "--device", "gpu"],
                                        ["--device must be auto, cpu, cuda or cuda:N"]),
-    "no export for onnx": lambda tmp, run, s: ([], ["run `lrmil export`"]),
+    "no export for onnx": lambda tmp, run, s: ([], [run / "export", "does not exist: run "
+                                                    f"`lrmil export {run}` first"]),
     "model folder missing": lambda tmp, run, s: (["--model", tmp / "nope"],
                                                  [tmp / "nope", "does not exist"]),
     "mpp and mpp CSV": lambda tmp, run, s: (["--mpp", 0.5, "--mpp-csv", tmp / "m.csv"],
