@@ -15,9 +15,11 @@ from lrmil.wsi import open_slide
 def hr_dataset(tiled):
     ts = read_coords(tiled / "coords" / "slide1.h5")
     coords = ts.hr_coords[ts.hr_valid]
-    return PatchDataset(
+    dataset = PatchDataset(
         ts.slide_path, coords, ts.hr_patch_size_level0, ts.patch_size, mpp=ts.level0_mpp
     )
+    yield dataset
+    dataset.close()
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +27,19 @@ def cnn():
     return build("lrmil-cnn")
 
 
-def _subset(dataset, n):
-    return PatchDataset(dataset.slide_path, dataset.coords[:n], dataset.size0, 64, dataset.mpp)
+@pytest.fixture
+def subset_of(hr_dataset):
+    """make(n): a dataset of hr_dataset's first n patches, closed after the test."""
+    made = []
+
+    def make(n):
+        made.append(PatchDataset(hr_dataset.slide_path, hr_dataset.coords[:n], hr_dataset.size0,
+                                 64, hr_dataset.mpp))
+        return made[-1]
+
+    yield make
+    for dataset in made:
+        dataset.close()
 
 
 def test_items_are_the_slide_pixels(hr_dataset):
@@ -43,10 +56,11 @@ def test_dataset_pickles_without_its_slide_handle(hr_dataset):
     assert hr_dataset._slide is not None
     copy = pickle.loads(pickle.dumps(hr_dataset))
     assert copy._slide is None and torch.equal(copy[1][0], hr_dataset[1][0])
+    copy.close()
 
 
-def test_embeddings_through_dataset_equal_direct_encoding(hr_dataset, cnn):
-    subset = _subset(hr_dataset, 16)
+def test_embeddings_through_dataset_equal_direct_encoding(subset_of, cnn):
+    subset = subset_of(16)
     feats, _ = encode_dataset(subset, cnn, batch_size=16)
     with open_slide(subset.slide_path) as slide:
         pixels = np.stack(
@@ -56,8 +70,8 @@ def test_embeddings_through_dataset_equal_direct_encoding(hr_dataset, cnn):
     assert np.array_equal(feats, direct)
 
 
-def test_workers_and_batch_size_do_not_change_results(hr_dataset, cnn):
-    subset = _subset(hr_dataset, 24)
+def test_workers_and_batch_size_do_not_change_results(subset_of, cnn):
+    subset = subset_of(24)
     base, pooled = encode_dataset(subset, cnn, batch_size=8, layers=["stage3"])
     two_workers, pooled2 = encode_dataset(subset, cnn, batch_size=8, workers=2, layers=["stage3"])
     assert np.array_equal(base, two_workers) and np.array_equal(pooled["stage3"], pooled2["stage3"])
@@ -65,9 +79,9 @@ def test_workers_and_batch_size_do_not_change_results(hr_dataset, cnn):
     np.testing.assert_allclose(other_batch, base, rtol=1e-5, atol=1e-5)
 
 
-def test_layer_embeddings_match_forward_features(hr_dataset, cnn):
+def test_layer_embeddings_match_forward_features(hr_dataset, subset_of, cnn):
     patches = torch.stack([hr_dataset[i][0] for i in range(4)])
-    subset = _subset(hr_dataset, 4)
+    subset = subset_of(4)
     _, pooled = encode_dataset(subset, cnn, batch_size=4, layers=["stage2"])
     with torch.no_grad():
         _, _, expected = cnn.forward_features(cnn.preprocess(patches), ["stage2"])
