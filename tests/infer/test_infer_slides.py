@@ -82,8 +82,8 @@ def test_heatmap_png_is_the_thumbnail_plus_the_colour_bar(run_out, slides, torch
     with open_slide(slides[0]) as slide:
         assert w / slide.dimensions[0] == pytest.approx(pred.thumbnail_scale, rel=1e-6)
         assert max(w, h) >= min(512, max(slide.dimensions)) // 2
-    image = Image.open(out / "heatmaps" / "positive.png")
-    assert image.format == "PNG" and image.size == (w + BAR_WIDTH, h)
+    with Image.open(out / "heatmaps" / "positive.png") as image:
+        assert image.format == "PNG" and image.size == (w + BAR_WIDTH, h)
 
 
 def test_heatmap_side_is_bounded(slides, torch_engine):
