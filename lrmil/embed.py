@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from lrmil.data.features import Features, read_attrs, write_features
 from lrmil.data.patches import PatchDataset
 from lrmil.encoders import Encoder, build
+from lrmil.encoders.weights import file_sha256
 from lrmil.errors import ConfigError, FileFormatError
 from lrmil.info import versions
 from lrmil.runner import (
@@ -143,6 +144,7 @@ def embed_slides(
     weights: str | Path | None = None,
     seed: int = 0,
     model_kwargs: dict[str, Any] | None = None,
+    random_init: bool = False,
     batch_size: int = 64,
     workers: int = 0,
     device: str = "auto",
@@ -154,10 +156,11 @@ def embed_slides(
 ) -> RunSummary:
     """Encode every tiled slide of `tiled_dir` (its `coords/*.h5`) at `mag` ("lr", "hr" or
     "both") into `out_dir/{lr,hr}/<slide>.h5`. `encoder` is a registry name (built with
-    `weights`, `seed`, `model_kwargs`) or a built Encoder. `layers` (or ["default"]: the
-    encoder's default_layers) adds the per-layer pooled embeddings to HR files (`layers/<name>`,
-    the stage-1 teacher targets). `device` "auto" is cuda where present (cuda:LOCAL_RANK under
-    torchrun), else cpu. One result per slide, its magnifications together."""
+    `weights`, `seed`, `model_kwargs`, `random_init`) or a built Encoder. `layers` (or
+    ["default"]: the encoder's default_layers) adds the per-layer pooled embeddings to HR files
+    (`layers/<name>`, the stage-1 teacher targets). `device` "auto" is cuda where present
+    (cuda:LOCAL_RANK under torchrun), else cpu. One result per slide, its magnifications
+    together."""
     if mag not in MAGS:
         raise ConfigError(f"--mag must be one of {', '.join(MAGS)}, got {mag!r}")
     if batch_size < 1 or workers < 0:
@@ -176,7 +179,8 @@ def embed_slides(
     ranks = Ranks.from_env(shard)  # a bad --shard is refused before the encoder is built
     device = rank_device(device, ranks.local_rank)
     if isinstance(encoder, str):
-        encoder = build(encoder, weights=weights, seed=seed, model_kwargs=model_kwargs)
+        encoder = build(encoder, weights=weights, seed=seed, model_kwargs=model_kwargs,
+                        random_init=random_init)
     if list(layers) == ["default"]:
         layers = encoder.default_layers
     encoder.check_layers(layers)
@@ -187,6 +191,8 @@ def embed_slides(
         "encoder_digest": encoder_digest(encoder),
         "seed": seed,  # a built-in's initialisation (distill rebuilds the LR encoder from it)
         "weights": "" if weights is None else str(Path(weights).resolve()),
+        "weights_sha256": "" if weights is None else file_sha256(weights),
+        "random_init": random_init,
         "dim": encoder.dim,
         "dtype": dtype,
         "lrmil_versions": json.dumps(versions()),

@@ -9,7 +9,9 @@ layers, their widths and strides are found by one dry run at build time.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+import itertools
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -23,14 +25,43 @@ from lrmil.errors import ConfigError, EnvironmentMissingError
 HEAD_PREFIXES = ("head.", "fc.", "classifier.", "heads.")
 
 
+# PyPI's Linux torchvision wheels are CUDA builds: beside a CPU torch their C++ ops (nms,
+# roi_align, ...) cannot load. torchvision imports without them (extension._has_ops() is False)
+# except for two fake-kernel registrations (0.28, 0.29) that need the nms / qnms schemas. Those
+# two schemas, defined without a kernel, let it import: its models use no C++ op, and calling
+# torchvision.ops.nms still fails with a clear "no kernel" error.
+_UNLOADED_OPS = (
+    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+)
+_schemas: list[torch.library.Library] = []  # kept alive: the schemas live as long as the library
+
+
+def import_torchvision() -> Any:
+    """`import torchvision`, also where its C++ ops do not load against this torch."""
+    try:
+        return importlib.import_module("torchvision")
+    except RuntimeError as exc:
+        if "operator torchvision::" not in str(exc) or _schemas:
+            raise
+    for module in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
+        del sys.modules[module]  # the half-imported package, so that it imports afresh
+    _schemas.append(torch.library.Library("torchvision", "DEF"))
+    for schema in _UNLOADED_OPS:
+        _schemas[0].define(schema)
+    return importlib.import_module("torchvision")
+
+
 def _import(module: str, name: str) -> Any:
     package = module.partition(".")[0]  # what pip installs: torchvision, not torchvision.models
     try:
+        import_torchvision()  # timm imports it too
         return importlib.import_module(module)
     except Exception as exc:  # absent, or present but broken against this torch
         raise EnvironmentMissingError(
             f"encoder {name} needs the '{package}' package, which does not import here ({exc}); "
-            f"install it (pip install {package}, matching your torch) or use a built-in encoder"
+            f"install it (pip install {package}, matching your torch; or lrmil[models]) or use "
+            "a built-in encoder"
         ) from None
 
 
@@ -113,25 +144,42 @@ def _hooked_encoder(
     )
 
 
+def _with_weights(make: Callable[[], nn.Module], weights: str | None, name: str) -> nn.Module:
+    """`make()`, with `weights` loaded. With weights it is built on the meta device and the
+    file's tensors are taken as they are (ViT-L's random initialisation alone takes ~20 s on a
+    CPU); again on the CPU if a tensor the file cannot hold (a non-persistent buffer) is left."""
+    if weights is None:
+        return make()
+    with torch.device("meta"):
+        model = make()
+    load_weights(model, weights, name, ignore_prefixes=HEAD_PREFIXES, assign=True)
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        model = make()
+        load_weights(model, weights, name, ignore_prefixes=HEAD_PREFIXES)
+    return model
+
+
 def build_timm(name: str, arch: str, weights: str | None, model_kwargs: dict[str, Any]) -> Encoder:
     """`model_kwargs` go to timm.create_model, except `mean` and `std` (the normalisation;
     default: the model's pretrained config)."""
     timm = _import("timm", name)
     kwargs = dict(model_kwargs)
     mean, std = kwargs.pop("mean", None), kwargs.pop("std", None)
-    try:
+
+    def make() -> nn.Module:
         try:  # ViTs: interpolate position embeddings for any patch size, unless told otherwise
-            model = timm.create_model(
+            return timm.create_model(
                 arch, pretrained=False, num_classes=0, **{"dynamic_img_size": True, **kwargs}
             )
         except TypeError:  # an architecture without that option (CNNs)
             if "dynamic_img_size" in kwargs:
                 raise
-            model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+            return timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+
+    try:
+        model = _with_weights(make, weights, name)
     except (RuntimeError, TypeError) as exc:  # "Unknown model", a wrong argument
         raise ConfigError(f"encoder {name}: {exc}") from None
-    if weights is not None:
-        load_weights(model, weights, name, ignore_prefixes=HEAD_PREFIXES)
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     native = getattr(getattr(model, "patch_embed", None), "img_size", None)  # ViT's own size
     probe = int(native[0]) if native else int(cfg.get("input_size", (3, 224, 224))[-1])
@@ -145,13 +193,16 @@ def build_torchvision(
     models = _import("torchvision.models", name)
     kwargs = dict(model_kwargs)
     mean, std = kwargs.pop("mean", IMAGENET_MEAN), kwargs.pop("std", IMAGENET_STD)
-    try:
+
+    def make() -> nn.Module:
         model = models.get_model(arch, weights=None, **kwargs)
-    except (ValueError, KeyError) as exc:
+        for head in ("fc", "classifier", "heads"):
+            if hasattr(model, head):
+                setattr(model, head, nn.Identity())
+        return model
+
+    try:
+        model = _with_weights(make, weights, name)
+    except (ValueError, KeyError, TypeError) as exc:  # an unknown model, a wrong argument
         raise ConfigError(f"encoder {name}: {exc}") from None
-    for head in ("fc", "classifier", "heads"):
-        if hasattr(model, head):
-            setattr(model, head, nn.Identity())
-    if weights is not None:
-        load_weights(model, weights, name, ignore_prefixes=HEAD_PREFIXES)
     return _hooked_encoder(name, model, mean, std, probe=224)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,7 +34,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise FileFormatError(f"weights file {path} holds no state dict of tensors")
+    for key, value in state.items():  # a diverged or corrupted checkpoint embeds NaN everywhere
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise FileFormatError(f"weights file {path}: tensor {key} holds NaN or inf values")
     return state
+
+
+def file_sha256(path: str | Path) -> str:
+    """The file's SHA-256, as model hubs publish it: which weights made a features file."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _strip_prefix(state: dict[str, torch.Tensor], wanted: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -58,11 +71,16 @@ def _sample(keys: Sequence[str], n: int = 4) -> str:
 
 
 def load_weights(
-    model: nn.Module, path: str | Path, name: str, ignore_prefixes: Sequence[str] = ()
+    model: nn.Module,
+    path: str | Path,
+    name: str,
+    ignore_prefixes: Sequence[str] = (),
+    assign: bool = False,
 ) -> None:
     """Load `path` into `model` strictly. Keys under `ignore_prefixes` (a classifier head the
     encoder does not have) are dropped; anything else missing, unexpected or of the wrong shape
-    is a FileFormatError naming the keys."""
+    is a FileFormatError naming the keys. `assign` takes the file's tensors (in the model's
+    dtypes) instead of copying into the model's: for a model built on the meta device."""
     expected = model.state_dict()
     state = _strip_prefix(read_state_dict(path), list(expected))
     state = {
@@ -86,4 +104,6 @@ def load_weights(
         raise FileFormatError(
             f"weights file {path} does not fit encoder {name}: " + "; ".join(problems)
         )
-    model.load_state_dict(state, strict=True)
+    if assign:
+        state = {k: v.to(expected[k].dtype) for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=assign)

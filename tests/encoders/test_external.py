@@ -1,5 +1,6 @@
-"""timm / torchvision adapters, driven through stand-in modules (neither imports here): hooks
-find the layers, weights load from a local file only, pretrained is never asked for."""
+"""timm / torchvision adapters, driven through stand-in modules (small and fast; the real
+packages are in test_real_models.py): hooks find the layers, weights load from a local file
+only, pretrained is never asked for."""
 
 import sys
 import types
@@ -10,6 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lrmil.encoders import build
+from lrmil.encoders.external import import_torchvision
 from lrmil.encoders.vit import TinyViT
 from lrmil.errors import ConfigError, FileFormatError
 
@@ -46,6 +48,13 @@ class SmallResNet(nn.Module):
         return self.fc(self.avgpool(x).flatten(1))
 
 
+@pytest.fixture(autouse=True)
+def real_torchvision_first():
+    """The adapters import torchvision before timm: done here, so that it cannot replace the
+    stand-ins below on its first import."""
+    import_torchvision()
+
+
 @pytest.fixture
 def fake_timm(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", _fake_timm())
@@ -59,7 +68,7 @@ def fake_torchvision(monkeypatch):
 
 
 def test_timm_vit_layers_from_hooks(fake_timm):
-    enc = build("timm:tiny_vit_64", model_kwargs={"init_values": 1e-5})
+    enc = build("timm:tiny_vit_64", model_kwargs={"init_values": 1e-5}, random_init=True)
     assert CALLS == [("tiny_vit_64", False, 0, {"dynamic_img_size": True, "init_values": 1e-5})]
     assert enc.layers == ("block1", "block2", "block3", "block4") and enc.dim == 192
     assert enc.grid_size("block4", 64) == 4
@@ -85,23 +94,23 @@ def test_timm_checkpoint_under_a_prefix_with_a_head(fake_timm, tmp_path):
 
 
 def test_timm_cnn_without_dynamic_img_size(fake_timm):
-    enc = build("timm:small_resnet")
+    enc = build("timm:small_resnet", random_init=True)
     assert CALLS[-1] == ("small_resnet", False, 0, {})
     assert enc.layers == ("conv1", "layer1", "layer2")
     with pytest.raises(ConfigError, match="unexpected keyword argument 'dynamic_img_size'"):
-        build("timm:small_resnet", model_kwargs={"dynamic_img_size": True})
+        build("timm:small_resnet", model_kwargs={"dynamic_img_size": True}, random_init=True)
 
 
 def test_timm_bad_name_and_bad_weights(fake_timm, tmp_path):
     with pytest.raises(ConfigError, match="timm:nope: Unknown model"):
-        build("timm:nope")
+        build("timm:nope", random_init=True)
     save_file({"blocks.0.fc1.weight": torch.zeros(1)}, str(tmp_path / "w.safetensors"))
     with pytest.raises(FileFormatError, match="does not fit encoder timm:tiny_vit_64: missing"):
         build("timm:tiny_vit_64", weights=tmp_path / "w.safetensors")
 
 
 def test_torchvision_cnn_stages(fake_torchvision):
-    enc = build("torchvision:small_resnet")
+    enc = build("torchvision:small_resnet", random_init=True)
     assert isinstance(enc.model.fc, nn.Identity) and enc.dim == 32
     assert enc.layer_strides == {"conv1": 2, "layer1": 4, "layer2": 8}
     x = torch.randn(2, 3, 64, 64)
@@ -115,7 +124,7 @@ def test_torchvision_cnn_stages(fake_torchvision):
 def test_presets_need_weights_and_pass_normalisation(fake_timm, monkeypatch, tmp_path):
     from lrmil.encoders import registry
 
-    with pytest.raises(ConfigError, match="encoder uni needs its weights file"):
+    with pytest.raises(ConfigError, match="encoder uni has no weights file"):
         build("uni")
     monkeypatch.setitem(
         registry.PRESETS,

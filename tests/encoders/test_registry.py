@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import torch
 
@@ -73,12 +75,10 @@ def test_model_kwargs_rejected_for_builtins():
 
 
 @pytest.mark.parametrize("name", ["timm:vit_small_patch16_224", "torchvision:resnet18"])
-def test_missing_optional_package_is_a_clear_error(name):
+def test_missing_optional_package_is_a_clear_error(name, monkeypatch):
     module = name.split(":")[0]
-    try:
-        __import__(module)
-        pytest.skip(f"{module} imports here")
-    except Exception:
-        pass
-    with pytest.raises(EnvironmentMissingError, match=f"needs the '{module}"):
-        build(name)
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` raises ImportError
+    monkeypatch.setitem(sys.modules, f"{module}.models", None)
+    with pytest.raises(EnvironmentMissingError, match=rf"needs the '{module}' package.*"
+                       r"pip install \S+, matching your torch; or lrmil\[models\]"):
+        build(name, random_init=True)
