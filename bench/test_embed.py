@@ -6,6 +6,12 @@ Run: `.venv/bin/python -m pytest bench/test_embed.py -p no:cacheprovider
 A synthetic cohort (4 slides, 4096 x 4096 at 20x) is generated once into $LRMIL_BENCH_DIR
 (default /tmp/lrmil_bench) and tiled at 256 px; the summary goes to bench/results/embed.md.
 Correctness (workers do not change the features) is asserted before timing.
+
+What a cohort costs (slow, minutes: `nice -n 10 .venv/bin/python -m pytest bench/test_embed.py
+-m slow -p no:cacheprovider`): the real ViT-B/16 (timm) and ResNet-50 (torchvision) encoding
+224 and 256 px patches, and stage 1's encoder-mode training step with ViT-B/16, contenders
+interleaved round by round (bench/conftest.py `interleaved`), medians. Rows measured by a run
+replace their own lines in embed.md; the others are kept.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import interleaved
 
 from lrmil.data import PatchDataset
 from lrmil.embed import encode_dataset
@@ -41,11 +48,18 @@ def tiled() -> Path:
     return out
 
 
+def _table(text: str) -> dict[str, str]:
+    """The `| measurement | result |` rows of an embed.md."""
+    cells = [line.strip("|").split(" | ") for line in text.splitlines() if line.startswith("| ")]
+    return {c[0].strip(): c[1].strip() for c in cells[1:] if len(c) == 2}
+
+
 @pytest.fixture(scope="module", autouse=True)
 def write_summary():
     yield
     if not rows:
         return
+    kept = _table(RESULTS.read_text()) if RESULTS.is_file() else {}
     lines = [
         "# Embedding benchmark (synthetic cohort, 4 slides 4096 x 4096 at 20x, 256 px patches)",
         "",
@@ -55,7 +69,7 @@ def write_summary():
         "| measurement | result |",
         "|---|---|",
     ]
-    lines += [f"| {label} | {value} |" for label, value in rows.items()]
+    lines += [f"| {label} | {value} |" for label, value in {**kept, **rows}.items()]
     RESULTS.write_text("\n".join(lines) + "\n")
 
 
@@ -121,3 +135,65 @@ def test_workers(benchmark, tiled, workers):
     )
     rate = N_PATCHES / benchmark.stats.stats.mean
     rows[f"lrmil-cnn, LR 256 px, {workers} workers"] = f"{rate:,.0f} patches/s"
+
+
+# ---- what a cohort costs: the real foundation-model architectures ----
+
+BATCH = 16  # patches per call
+
+
+def _random_patches(n: int, side: int, seed: int = 0) -> torch.Tensor:
+    """uint8 (n, side, side, 3): the encoders' cost does not depend on the pixels."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, side, side, 3), dtype=torch.uint8, generator=generator)
+
+
+def _rate(timing, n: int) -> str:
+    return (f"{n / timing.median:.1f} patches/s (IQR {n / timing.q3:.1f}-{n / timing.q1:.1f}; "
+            f"{timing.rounds} rounds, load {timing.load:.1f})")
+
+
+@pytest.mark.slow
+def test_foundation_encoders_patches_per_second():
+    """Encode only (preprocess + forward, batches of 16 in memory): reading patches from the
+    slide runs at >200 patches/s above, far from these rates."""
+    contenders = {}
+    for name in ("timm:vit_base_patch16_224", "torchvision:resnet50"):
+        encoder = build(name, random_init=True)  # the cost does not depend on the weights
+        for side in (224, 256):
+            x = _random_patches(BATCH, side)
+            contenders[f"{name}, {side} px"] = lambda encoder=encoder, x=x: encoder.encode(x)
+    for label, timing in interleaved(contenders, rounds=5).items():
+        rows[f"{label}, encode, batch {BATCH}"] = _rate(timing, BATCH)
+
+
+@pytest.mark.slow
+def test_stage1_encoder_mode_training_rate():
+    """One stage-1 step of encoder mode as lrmil.distill.stage1 takes it (forward_features with
+    two layers, L_attn + L_layer, backward, clip, AdamW), ViT-B/16 on 256 px LR patches."""
+    from lrmil.distill.config import Stage1Config
+    from lrmil.distill.stage1 import _optimise, _step
+    from lrmil.ops import block_mse, child_mse
+
+    encoder = build("timm:vit_base_patch16_224", random_init=True)
+    layers, r, side, k = ["block6", "block12"], 4, 256, 16
+    model = encoder.model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    s1 = Stage1Config()
+    optimizer, schedule = _optimise(params, s1, steps=100)
+    x = _random_patches(BATCH, side)
+    generator = torch.Generator().manual_seed(1)
+    t = torch.randn(BATCH, k, encoder.dim, generator=generator)
+    weight, valid = torch.rand(BATCH, k, generator=generator), torch.ones(BATCH, k, dtype=bool)
+    t_layers = {n: torch.randn(BATCH, k, encoder.layer_dims[n], generator=generator)
+                for n in layers}
+
+    def step():
+        s, grids, _ = encoder.forward_features(encoder.preprocess(x), layers)
+        loss = s1.lambda_attn * child_mse(s, t, weight) + s1.lambda_layer * torch.stack(
+            [block_mse(grids[n], t_layers[n], valid, r) for n in layers]).mean(0)
+        _step(loss.mean(), params, s1, optimizer, schedule)
+
+    timing = interleaved({"step": step}, rounds=5)["step"]
+    rows[f"stage 1 encoder mode, timm:vit_base_patch16_224, {side} px LR, train step, batch "
+         f"{BATCH}"] = _rate(timing, BATCH)

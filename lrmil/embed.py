@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from lrmil.data.features import Features, read_attrs, write_features
 from lrmil.data.patches import PatchDataset
 from lrmil.encoders import Encoder, build
+from lrmil.encoders.registry import library_versions
 from lrmil.encoders.weights import file_sha256
 from lrmil.errors import ConfigError, FileFormatError
 from lrmil.info import versions
@@ -66,7 +67,8 @@ def encoder_digest(encoder: Encoder) -> str:
     h = hashlib.blake2b(encoder.name.encode(), digest_size=8)
     for key, value in encoder.model.state_dict().items():
         h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        # flattened: 0-d tensors (BatchNorm's num_batches_tracked) have no byte view of their own
+        h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -195,7 +197,7 @@ def embed_slides(
         "random_init": random_init,
         "dim": encoder.dim,
         "dtype": dtype,
-        "lrmil_versions": json.dumps(versions()),
+        "lrmil_versions": json.dumps({**versions(), **library_versions(encoder.name)}),
     }
     job = EmbedJob(encoder, out, MAGS[mag], batch_size, workers, device, tuple(layers), dtype,
                    overwrite, common)

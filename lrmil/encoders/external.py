@@ -159,25 +159,27 @@ def _with_weights(make: Callable[[], nn.Module], weights: str | None, name: str)
     return model
 
 
+def timm_model(arch: str, kwargs: dict[str, Any], name: str | None = None) -> nn.Module:
+    """timm.create_model(arch, **kwargs) headless, never pretrained; ViTs with
+    dynamic_img_size (position embeddings interpolated for any patch size) unless told otherwise."""
+    timm = _import("timm", name or f"timm:{arch}")
+    try:
+        return timm.create_model(
+            arch, pretrained=False, num_classes=0, **{"dynamic_img_size": True, **kwargs}
+        )
+    except TypeError:  # an architecture without that option (CNNs)
+        if "dynamic_img_size" in kwargs:
+            raise
+        return timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+
+
 def build_timm(name: str, arch: str, weights: str | None, model_kwargs: dict[str, Any]) -> Encoder:
     """`model_kwargs` go to timm.create_model, except `mean` and `std` (the normalisation;
     default: the model's pretrained config)."""
-    timm = _import("timm", name)
     kwargs = dict(model_kwargs)
     mean, std = kwargs.pop("mean", None), kwargs.pop("std", None)
-
-    def make() -> nn.Module:
-        try:  # ViTs: interpolate position embeddings for any patch size, unless told otherwise
-            return timm.create_model(
-                arch, pretrained=False, num_classes=0, **{"dynamic_img_size": True, **kwargs}
-            )
-        except TypeError:  # an architecture without that option (CNNs)
-            if "dynamic_img_size" in kwargs:
-                raise
-            return timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
-
     try:
-        model = _with_weights(make, weights, name)
+        model = _with_weights(lambda: timm_model(arch, kwargs, name), weights, name)
     except (RuntimeError, TypeError) as exc:  # "Unknown model", a wrong argument
         raise ConfigError(f"encoder {name}: {exc}") from None
     cfg = getattr(model, "pretrained_cfg", {}) or {}

@@ -76,6 +76,23 @@ def known_encoders() -> list[str]:
     return [*BUILTINS, *PRESETS, *(f"{p}<model>" for p in PREFIXES)]
 
 
+def library_versions(name: str) -> dict[str, str]:
+    """Versions of the packages whose code defines encoder `name` (none for the built-ins):
+    recorded with the features, as an architecture's code may change between releases."""
+    from importlib import metadata
+
+    if name in BUILTINS:
+        return {}
+    packages = ("torchvision",) if name.startswith("torchvision:") else ("timm", "torchvision")
+    found = {}
+    for package in packages:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
 def _builtin(name: str, weights: str | Path | None, seed: int) -> Encoder:
     model = BUILTINS[name](seed)
     if weights is not None:

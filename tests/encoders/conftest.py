@@ -10,15 +10,13 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(scope="session")
-def tiny_tiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ROOT/tiled/coords/*.h5 of 8 synthetic 768 x 768 slides at 64 px (27 LR, 313 HR patches;
-    one slide has no tissue) and ROOT/labels.csv of the 7 with patches (3 negative)."""
+def _tiled_cohort(root: Path, n_slides: int) -> Path:
+    """ROOT/tiled/coords/*.h5 of synthetic 768 x 768 slides tiled at 64 px, and ROOT/labels.csv
+    of the slides with patches."""
     from lrmil.synth import make_cohort
     from lrmil.tiling import TilingConfig, read_coords, tile_slides
 
-    root = tmp_path_factory.mktemp("tiny_tiled")
-    make_cohort(root / "cohort", n_slides=8, seed=0, width=768, height=768)
+    make_cohort(root / "cohort", n_slides=n_slides, seed=0, width=768, height=768)
     tile_slides([root / "cohort" / "slides"], root / "tiled", TilingConfig(patch_size=64))
     with (root / "cohort" / "labels.csv").open(newline="") as fh:
         rows = [r for r in csv.DictReader(fh)
@@ -27,6 +25,19 @@ def tiny_tiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "slide,patient,label\n" + "".join(f"{r['slide']},{r['patient']},{r['label']}\n"
                                           for r in rows))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_tiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 slides (27 LR, 313 HR patches; 7 with patches, 3 of them negative)."""
+    return _tiled_cohort(tmp_path_factory.mktemp("tiny_tiled"), 8)
+
+
+@pytest.fixture(scope="session")
+def stage1_tiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 slides (44 LR, 500 HR patches; 11 with patches, 5 negative, 10 patients): enough for
+    2 folds with validation sets of both classes."""
+    return _tiled_cohort(tmp_path_factory.mktemp("stage1_tiled"), 12)
 
 
 @pytest.fixture(scope="session")
