@@ -2,9 +2,12 @@
 the LR baseline and the LRMIL student, over several seeds, in `encoder` and `adapter` mode.
 
     .venv/bin/python bench/accuracy.py [--work DIR] [--slides 100] [--size 2048] [--seeds 0 1]
+        [--layers-dtypes float32 float16] [--out bench/results/accuracy]
 
 synth -> tile -> embed (lrmil-cnn, LR and HR with the default layers) -> distill, each step
-resumable from its outputs in --work (delete --work after changing the cohort's options). The
+resumable from its outputs in --work (delete --work after changing the cohort's options);
+`--layers-dtypes float32 float16` embeds the teacher layers both ways (`lrmil embed
+--layers-dtype`) and runs encoder mode on each, same seeds (adapter mode reads no layer). The
 cohort: slides of 2048^2 px at 20x tiled with 64 px patches (an LR patch covers 256^2 px of 20x
 tissue, as a 256 px 5x patch covers 1024^2 px on a real slide at a 16x smaller cost), tumour foci
 and their look-alike clusters of radius 25-45 px, twice the default look-alikes, so that at 5x a
@@ -29,8 +32,10 @@ import numpy as np
 RESULTS = Path(__file__).parent / "results"
 
 
-def prepare(work: Path, args: argparse.Namespace) -> tuple[Path, Path, list[str]]:
-    """The cohort's features and a labels CSV without the slides that have no tissue patch."""
+def prepare(work: Path, args: argparse.Namespace, layers_dtype: str
+            ) -> tuple[Path, Path, list[str]]:
+    """The cohort's features (teacher layers stored as `layers_dtype`, in their own folder)
+    and a labels CSV without the slides that have no tissue patch."""
     from lrmil.data import read_features
     from lrmil.embed import embed_slides
     from lrmil.synth import SynthConfig, make_cohort
@@ -44,29 +49,30 @@ def prepare(work: Path, args: argparse.Namespace) -> tuple[Path, Path, list[str]
                     config=config, workers=args.workers)
     tile_slides([str(work / "slides")], work / "tiled",
                 TilingConfig(patch_size=args.patch_size), workers=args.workers)
-    embed_slides(work / "tiled", "lrmil-cnn", work / "features", mag="both",
-                 layers=["default"], batch_size=64, workers=0)
+    features = work / f"features_layers-{layers_dtype}"
+    embed_slides(work / "tiled", "lrmil-cnn", features, mag="both",
+                 layers=["default"], layers_dtype=layers_dtype, batch_size=64, workers=0)
     with (work / "labels.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     dropped = [r["slide"] for r in rows
-               if len(read_features(work / "features" / "lr" / f"{r['slide']}.h5")) == 0]
+               if len(read_features(features / "lr" / f"{r['slide']}.h5")) == 0]
     labels = work / "labels_used.csv"
     with labels.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(r for r in rows if r["slide"] not in dropped)
-    return work / "features", labels, dropped
+    return features, labels, dropped
 
 
 def distill(work: Path, features: Path, labels: Path, mode: str, seed: int,
-            overrides: list[str]) -> dict:
+            overrides: list[str], tag: str = "") -> dict:
     from lrmil.distill import load_config, run
 
     cfg = load_config(overrides=[f"stage1.mode={mode}", f"seed={seed}",
                                  "ablations=no_stage1,no_attn_kd,no_logit_kd",
                                  "stage1.read_workers=0", *overrides],
                       features=str(features), labels=str(labels),
-                      out=str(work / f"run_{mode}_seed{seed}"))
+                      out=str(work / f"run_{mode}_seed{seed}{tag}"))
     start = time.perf_counter()
     report = run(cfg)
     # A resumed run adds to the time its earlier invocations spent.
@@ -135,26 +141,38 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--modes", nargs="+", default=["encoder", "adapter"])
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--layers-dtypes", nargs="+", default=["float32"],
+                        choices=["float16", "float32"],
+                        help="storage of the teacher layers (embed --layers-dtype); with two, "
+                             "encoder mode runs on each (adapter mode reads no layer: first only)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "accuracy",
+                        help="results file stem (.md and .json)")
     parser.add_argument("overrides", nargs="*", help="distill settings, e.g. stage1.epochs=2")
     args = parser.parse_args()
     import sys
 
     args.argv = sys.argv[1:]
     args.work.mkdir(parents=True, exist_ok=True)
-    features, labels, dropped = prepare(args.work, args)
+    both = len(args.layers_dtypes) > 1
     results: dict[str, dict[int, dict]] = {}
     for seed in args.seeds:  # every mode of a seed first: partial results cover both modes
-        for mode in args.modes:
-            report = distill(args.work, features, labels, mode, seed, args.overrides)
-            results.setdefault(mode, {})[seed] = report
-            text = summarise(results, dropped, args)
-            RESULTS.mkdir(exist_ok=True)
-            (RESULTS / "accuracy.md").write_text(text)
-            (RESULTS / "accuracy.json").write_text(json.dumps(
-                {m: {str(s): {"summary": r["summary"], "per_fold": r["per_fold"],
-                              "seconds": r["seconds"]} for s, r in by.items()}
-                 for m, by in results.items()}, indent=1))
-            print(text, flush=True)
+        for n, layers_dtype in enumerate(args.layers_dtypes):
+            features, labels, dropped = prepare(args.work, args, layers_dtype)
+            for mode in args.modes:
+                if mode == "adapter" and n > 0:
+                    continue
+                tag = f"_layers-{layers_dtype}" if both else ""
+                report = distill(args.work, features, labels, mode, seed, args.overrides, tag)
+                key = f"{mode}, layers {layers_dtype}" if both and mode == "encoder" else mode
+                results.setdefault(key, {})[seed] = report
+                text = summarise(results, dropped, args)
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.with_suffix(".md").write_text(text)
+                args.out.with_suffix(".json").write_text(json.dumps(
+                    {m: {str(s): {"summary": r["summary"], "per_fold": r["per_fold"],
+                                  "seconds": r["seconds"]} for s, r in by.items()}
+                     for m, by in results.items()}, indent=1))
+                print(text, flush=True)
 
 
 if __name__ == "__main__":

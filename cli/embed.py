@@ -85,6 +85,9 @@ def embed(
                           "cuda or cuda:N.")
     ] = "auto",
     dtype: Annotated[Dtype, typer.Option(help="Storage type of the features.")] = Dtype.float32,
+    layers_dtype: Annotated[
+        Dtype, typer.Option(help="Storage type of the HR files' layers/<name> (--layers).")
+    ] = Dtype.float32,
     overwrite: OverwriteOption = False,
     shard: ShardOption = None,
 ) -> None:
@@ -109,6 +112,7 @@ def embed(
             device=device,
             layers=layers or (),
             dtype=dtype.value,
+            layers_dtype=layers_dtype.value,
             overwrite=overwrite,
             shard=shard,
             progress=True,

@@ -152,6 +152,7 @@ def embed_slides(
     device: str = "auto",
     layers: Sequence[str] = (),
     dtype: str = "float32",
+    layers_dtype: str = "float32",
     overwrite: bool = False,
     shard: str | None = None,
     progress: bool = False,
@@ -160,9 +161,10 @@ def embed_slides(
     "both") into `out_dir/{lr,hr}/<slide>.h5`. `encoder` is a registry name (built with
     `weights`, `seed`, `model_kwargs`, `random_init`) or a built Encoder. `layers` (or
     ["default"]: the encoder's default_layers) adds the per-layer pooled embeddings to HR files
-    (`layers/<name>`, the stage-1 teacher targets). `device` "auto" is cuda where present
-    (cuda:LOCAL_RANK under torchrun), else cpu. One result per slide, its magnifications
-    together."""
+    (`layers/<name>`, the stage-1 teacher targets, stored as `layers_dtype`: float16 halves the
+    largest arrays of a cohort; not the default until the accuracy benchmark has compared both).
+    `device` "auto" is cuda where present (cuda:LOCAL_RANK under torchrun), else cpu. One result
+    per slide, its magnifications together."""
     if mag not in MAGS:
         raise ConfigError(f"--mag must be one of {', '.join(MAGS)}, got {mag!r}")
     if batch_size < 1 or workers < 0:
@@ -197,10 +199,11 @@ def embed_slides(
         "random_init": random_init,
         "dim": encoder.dim,
         "dtype": dtype,
+        "layers_dtype": layers_dtype,
         "lrmil_versions": json.dumps({**versions(), **library_versions(encoder.name)}),
     }
     job = EmbedJob(encoder, out, MAGS[mag], batch_size, workers, device, tuple(layers), dtype,
-                   overwrite, common)
+                   layers_dtype, overwrite, common)
     settings = {"tiled_dir": str(Path(tiled_dir).resolve()), "mag": mag,
                 "batch_size": batch_size, "workers": workers, "device": device,
                 "layers": list(layers), **{k: v for k, v in common.items()
@@ -223,6 +226,7 @@ class EmbedJob:
     device: str
     layers: tuple[str, ...]  # HR files only
     dtype: str
+    layers_dtype: str  # of the HR files' layers/<name>
     overwrite: bool
     common_attrs: dict[str, Any]
 
@@ -260,7 +264,8 @@ class EmbedJob:
                 dataset.close()
             attrs = self._attrs(ts, item, mag)
             feats_file = Features(feats, coords, parent, child, pooled, attrs)
-            write_features(self.out / mag / f"{item.name}.h5", feats_file, dtype=self.dtype)
+            write_features(self.out / mag / f"{item.name}.h5", feats_file, dtype=self.dtype,
+                           layers_dtype=self.layers_dtype)
             patches += len(coords)
         kept = [m for m in self.mags if m not in todo]
         return Done(patches, f"{', '.join(kept).upper()} features were current" if kept else "")

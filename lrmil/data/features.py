@@ -47,11 +47,14 @@ def attr_value(value: Any) -> Any:
     return value
 
 
-def write_features(path: str | Path, feats: Features, dtype: str = "float32") -> None:
-    """Write `feats` atomically (the file appears only when complete). `dtype` of `features` and
-    `layers/*`: float32 or float16."""
-    if dtype not in ("float32", "float16"):
-        raise ValueError(f"features dtype must be float32 or float16, got {dtype}")
+def write_features(path: str | Path, feats: Features, dtype: str = "float32",
+                   layers_dtype: str | None = None) -> None:
+    """Write `feats` atomically (the file appears only when complete). `dtype` of `features`,
+    `layers_dtype` of `layers/*` (default: `dtype`): float32 or float16."""
+    layers_dtype = dtype if layers_dtype is None else layers_dtype
+    for value in (dtype, layers_dtype):
+        if value not in ("float32", "float16"):
+            raise ValueError(f"features dtype must be float32 or float16, got {value}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
@@ -64,7 +67,7 @@ def write_features(path: str | Path, feats: Features, dtype: str = "float32") ->
             f.create_dataset("parent", data=feats.parent.astype(np.int64))
             f.create_dataset("child", data=feats.child.astype(np.int64))
         for name, values in feats.layers.items():
-            f.create_dataset(f"layers/{name}", data=values.astype(dtype))
+            f.create_dataset(f"layers/{name}", data=values.astype(layers_dtype))
 
 
 def read_attrs(path: str | Path) -> dict[str, Any]:

@@ -2,6 +2,7 @@ import csv
 import os
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 from lrmil.cli.embed import parse_encoder_args
@@ -38,7 +39,8 @@ def _counts(out):
 
 def test_embed_both_magnifications_then_resume(tiled, tmp_path):
     out = tmp_path / "feat"
-    result = _embed(tiled, "--out", out, "--layers", "default", "--batch-size", "16")
+    result = _embed(tiled, "--out", out, "--layers", "default", "--batch-size", "16",
+                    "--layers-dtype", "float16")
     assert result.exit_code == 0, result.output
     assert _counts(out) == {"ok": 2, "skipped": 0, "failed": 0, "claimed-elsewhere": 0}
     for name in ("s0", "s1"):
@@ -54,6 +56,10 @@ def test_embed_both_magnifications_then_resume(tiled, tmp_path):
         assert ts.hr_valid[hr.parent, hr.child].all()
         np.testing.assert_array_equal(hr.coords, ts.hr_coords[hr.parent, hr.child])
         assert sorted(hr.layers) == ["stage2", "stage3"] and not lr.layers
+        with h5py.File(out / "hr" / f"{name}.h5") as fh:  # teacher layers as asked
+            assert fh["features"].dtype == np.float32
+            assert {fh[f"layers/{k}"].dtype for k in hr.layers} == {np.dtype(np.float16)}
+        assert hr.attrs["layers_dtype"] == "float16"
     mtime = (out / "lr" / "s0.h5").stat().st_mtime
     again = _embed(tiled, "--out", out, "--layers", "default", "--batch-size", "16")
     assert again.exit_code == 0 and _counts(out)["skipped"] == 2

@@ -116,3 +116,17 @@ def test_dim_disagreeing_with_encoder(tmp_path):
         FileFormatError, match="has dim 256 but the encoder gives 192 \\(file encoder: lrmil-cnn\\)"
     ):
         read_features(path, dim=192)
+
+
+def test_layers_stored_in_their_own_dtype(tmp_path):
+    feats = Features(
+        RNG.normal(size=(4, 3)).astype(np.float32),
+        np.zeros((4, 2), np.int64),
+        layers={"stage3": RNG.normal(size=(4, 2)).astype(np.float32)},
+    )
+    write_features(tmp_path / "a.h5", feats, layers_dtype="float16")
+    with h5py.File(tmp_path / "a.h5") as fh:
+        assert fh["features"].dtype == np.float32 and fh["layers/stage3"].dtype == np.float16
+    np.testing.assert_array_equal(read_features(tmp_path / "a.h5").features, feats.features)
+    with pytest.raises(ValueError, match="float32 or float16"):
+        write_features(tmp_path / "b.h5", feats, layers_dtype="int8")

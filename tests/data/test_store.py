@@ -113,3 +113,25 @@ def test_missing_dataset_and_file(files, tmp_path):
 def test_default_budget():
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert default_cache_bytes() == min(ram // 4, 8 << 30)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads RSS from /proc")
+def test_freed_slide_arrays_return_to_the_os():
+    """After a store exists, a freed slide-sized array is unmapped even once a larger one was
+    freed (glibc would otherwise have raised its mmap threshold and kept it in the heap); in a
+    fresh interpreter, so that no earlier allocation shapes the heap."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from lrmil.data.store import FeatureStore\n"
+        "def rss(): return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
+        "FeatureStore()\n"
+        "big = np.ones(16 << 20, np.uint8); del big\n"
+        "a = np.ones(4 << 20, np.uint8); before = rss(); del a\n"
+        "print(before - rss())\n"
+    )
+    freed = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               check=True).stdout)
+    assert freed >= 4 << 20
