@@ -220,7 +220,9 @@ def verdicts(runs: list[dict], default_cache_gb: float) -> list[str]:
         found = [r["tree_pss_mb"] for r in runs if r["slides"] == n and r["cache"] == cache]
         return found[0] if found else None
 
-    out = []
+    out: list[str] = []
+    if not runs:
+        return out
     small, big = peak(min(r["slides"] for r in runs), "0"), peak(160, "0")
     if small and big:
         ratio = "met" if big <= 1.2 * small else "NOT met"
