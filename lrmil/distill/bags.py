@@ -67,5 +67,5 @@ def _plain(name: str, label: int, values: list[np.ndarray]) -> Bag:
 
 def feature_bags(cohort: Cohort, names: list[str], key: Callable[[str], ArrayKey]) -> BagSet:
     """Bags of one features array per slide (`cohort.hr`, `cohort.lr`, ...) and the labels."""
-    return BagSet(cohort.store, list(names), [cohort.slides[n].label for n in names],
+    return BagSet(cohort.store, list(names), [cohort.slide(n).label for n in names],
                   lambda n: [key(n)], _plain)

@@ -2,11 +2,15 @@
 
 Nothing here holds features: `load_cohort` checks, from the files' metadata (and each slide's
 small `parent` / `child` index arrays), everything that would otherwise stop a run half way,
-before anything is written or trained: every labelled slide has LR and HR features, one
-embedding size per magnification (a slide of another size is named), one encoder identity
+before anything is written or trained: every slide of the labels CSV has LR and HR features,
+one embedding size per magnification (a slide of another size is named), one encoder identity
 (name and weights digest, the slides of a second one are named), HR rows linked to existing LR
-patches; and it names the slides that have features but no label instead of dropping them
-silently. Values are checked (NaN/inf) where they are read, by the feature store.
+patches; and it names the slides that have features but are absent from the labels CSV instead
+of dropping them silently. Values are checked (NaN/inf) where they are read, by the feature
+store.
+
+A slide listed with an empty label is unlabelled: it is checked like the others and joins
+stage 1 only (`stage1.slides=all`), never MIL training, validation, metrics or the splits.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from lrmil.distill.splits import ROLES, Fold
 from lrmil.errors import ConfigError, FileFormatError
 from lrmil.utils.csvfile import read_csv
 
+UNLABELLED = -1  # the label of a slide listed with an empty label
+
 
 @dataclass(frozen=True)
 class Slide:
     name: str
-    label: int
+    label: int  # class index; UNLABELLED for a slide with an empty label
     patient: str
     lr_path: str  # FEAT/lr/<slide>.h5
     hr_path: str  # FEAT/hr/<slide>.h5
@@ -39,7 +45,7 @@ class Slide:
 
 @dataclass
 class Cohort:
-    slides: dict[str, Slide]
+    slides: dict[str, Slide]  # the labelled slides: MIL training, validation, metrics, splits
     class_names: list[str]
     lr_encoder: str
     hr_encoder: str
@@ -50,11 +56,21 @@ class Cohort:
     layer_dims: dict[str, int] = field(default_factory=dict)  # {layer: C_l} over the HR files
     encoder_seed: int = 0  # the seed the LR encoder was built with (built-ins), from the attrs
     lr_attrs: dict = field(default_factory=dict)  # attrs of an LR features file (patch size...)
-    unlabelled: list[str] = field(default_factory=list)  # slides with features but no label
+    unlisted: list[str] = field(default_factory=list)  # features, absent from the labels CSV
+    unlabelled: dict[str, Slide] = field(default_factory=dict)  # empty label: stage 1 only
 
     @property
     def names(self) -> list[str]:
+        """The labelled slides, sorted."""
         return sorted(self.slides)
+
+    @property
+    def unlabelled_names(self) -> list[str]:
+        return sorted(self.unlabelled)
+
+    def slide(self, name: str) -> Slide:
+        """A labelled or unlabelled slide."""
+        return self.slides[name] if name in self.slides else self.unlabelled[name]
 
     def label_of(self) -> dict[str, int]:
         return {name: s.label for name, s in self.slides.items()}
@@ -75,26 +91,26 @@ class Cohort:
         """What the report says about the cohort."""
         return {"counts": self.counts(), "slides": len(self.slides),
                 "patients": len({s.patient for s in self.slides.values()}),
-                "unlabelled": self.unlabelled}
+                "unlisted": self.unlisted, "unlabelled": self.unlabelled_names}
 
     # Where each array of a slide is (read them with `cohort.store`).
     def lr(self, name: str) -> ArrayKey:
-        return (self.slides[name].lr_path, "features")
+        return (self.slide(name).lr_path, "features")
 
     def lr_coords(self, name: str) -> ArrayKey:
-        return (self.slides[name].lr_path, "coords")
+        return (self.slide(name).lr_path, "coords")
 
     def hr(self, name: str) -> ArrayKey:
-        return (self.slides[name].hr_path, "features")
+        return (self.slide(name).hr_path, "features")
 
     def parent(self, name: str) -> ArrayKey:
-        return (self.slides[name].hr_path, "parent")
+        return (self.slide(name).hr_path, "parent")
 
     def child(self, name: str) -> ArrayKey:
-        return (self.slides[name].hr_path, "child")
+        return (self.slide(name).hr_path, "child")
 
     def layer(self, name: str, layer: str) -> ArrayKey:
-        return (self.slides[name].hr_path, f"layers/{layer}")
+        return (self.slide(name).hr_path, f"layers/{layer}")
 
 
 # Every fold's train, validation and test sets hold each class, so a class needs 3 slides.
@@ -103,13 +119,13 @@ MIN_CLASS_SLIDES = 3
 
 def read_labels(path: Path) -> tuple[dict[str, str], dict[str, str]]:
     """`slide,label[,patient]` -> ({slide: label}, {slide: patient}); patient defaults to the
-    slide."""
+    slide; an empty label ("") marks an unlabelled slide."""
     table = read_csv(path, "labels CSV", ("slide", "label"))
     labels, patients = {}, {}
     for line, row in table.records():
         slide, label = row["slide"], row["label"]
-        if not slide or not label:
-            raise FileFormatError(f"labels CSV {path} line {line}: empty slide or label")
+        if not slide:
+            raise FileFormatError(f"labels CSV {path} line {line}: empty slide name")
         if slide in labels:
             raise FileFormatError(f"labels CSV {path} line {line}: slide {slide!r} repeated")
         labels[slide] = label
@@ -120,8 +136,11 @@ def read_labels(path: Path) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def class_names_of(labels: dict[str, str], path: Path) -> list[str]:
-    """Sorted class names (numerically when every label is an integer)."""
-    names = set(labels.values())
+    """Sorted class names (numerically when every label is an integer); empty labels are
+    unlabelled slides, not a class."""
+    names = set(labels.values()) - {""}
+    if not names:
+        raise ConfigError(f"labels CSV {path} has no labelled slide")
     if len(names) < 2:
         raise ConfigError(f"labels CSV {path} has a single class {next(iter(names))!r}: "
                           "a classifier needs at least two")
@@ -132,8 +151,8 @@ def class_names_of(labels: dict[str, str], path: Path) -> list[str]:
 
 def check_class_sizes(labels: dict[str, str], path: Path) -> None:
     """Every class needs a slide in each fold's train, validation and test set; a class with
-    fewer is most often a typo in the labels CSV."""
-    counts = Counter(labels.values())
+    fewer is most often a typo in the labels CSV (unlabelled slides are no class)."""
+    counts = Counter(label for label in labels.values() if label)
     rare = sorted(n for n in counts if counts[n] < MIN_CLASS_SLIDES)
     if rare:
         others = ", ".join(f"{n!r}: {counts[n]}" for n in sorted(counts) if n not in rare)
@@ -145,8 +164,9 @@ def check_class_sizes(labels: dict[str, str], path: Path) -> None:
 
 def load_cohort(features_dir: Path, labels_csv: Path, store: FeatureStore | None = None
                 ) -> Cohort:
-    """Every labelled slide's `FEAT/lr/<slide>.h5` and `FEAT/hr/<slide>.h5`, checked (module
-    doc); `store` reads them later (default: one without a cache)."""
+    """Every listed slide's `FEAT/lr/<slide>.h5` and `FEAT/hr/<slide>.h5`, checked (module
+    doc), labelled ones in `slides`, those with an empty label in `unlabelled`; `store` reads
+    them later (default: one without a cache)."""
     store = store or FeatureStore()
     labels, patients = read_labels(labels_csv)
     class_names = class_names_of(labels, labels_csv)
@@ -199,14 +219,17 @@ def load_cohort(features_dir: Path, labels_csv: Path, store: FeatureStore | None
             raise FileFormatError(f"HR features {hr.path}: child index out of range for "
                                   f"r = {r} ({r * r} children per LR patch)")
         slides[name] = Slide(
-            name, class_names.index(labels[name]), patients[name], lr.path, hr.path,
+            name, class_names.index(labels[name]) if labels[name] else UNLABELLED,
+            patients[name], lr.path, hr.path,
             lr.shapes["features"][0], hr.shapes["features"][0], hr.dtypes["features"].itemsize,
             frozenset(k.removeprefix("layers/") for k in hr.shapes if k.startswith("layers/")),
             lr.attrs.get("coords_path"))
-    first = lr_info[names[0]].attrs
-    unlabelled = sorted(on_disk - set(labels))
-    return Cohort(slides, class_names, lr_encoder, hr_encoder, r, lr_dim, hr_dim, store,
-                  layer_dims, int(first.get("seed", 0)), dict(first), unlabelled)
+    labelled = {n: s for n, s in slides.items() if s.label != UNLABELLED}
+    first = lr_info[min(labelled)].attrs
+    return Cohort(labelled, class_names, lr_encoder, hr_encoder, r, lr_dim, hr_dim, store,
+                  layer_dims, int(first.get("seed", 0)), dict(first),
+                  sorted(on_disk - set(labels)),
+                  {n: s for n, s in slides.items() if s.label == UNLABELLED})
 
 
 def _shape_problem(info: FileInfo) -> str | None:

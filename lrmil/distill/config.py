@@ -82,6 +82,39 @@ class Stage1Config:
     # this many MB, so stage 1 never holds the cohort (one group, a global shuffle, when the
     # training slides fit).
     shuffle_mb: int = 256
+    # Which slides a fold's stage 1 distils from: "train", its labelled training slides; "all",
+    # every slide outside its test set (validation and unlabelled slides too), never a slide of
+    # a test patient. No label is read: stage 1 is label-free but for the teacher's attention.
+    slides: str = "train"
+    # The weights of an LR patch's children: "teacher", the fold's teacher MIL's attention over
+    # them (inference, no label needed); "uniform", the mean of the valid children.
+    weights: str = "teacher"
+    # "mse": the paper's attention-weighted MSE; "vicreg": VICReg (Bardes et al. 2022, as used
+    # by More From Less, Farndale et al. 2023) between the LR patch embedding and its weighted
+    # HR children's embedding through a projector. The layer term stays MSE.
+    objective: str = "mse"
+    vicreg_projector: list[int] = field(default_factory=lambda: [2048, 2048])  # hidden, out
+    # Invariance / variance / covariance weights: the VICReg paper's defaults (sim_coeff 25,
+    # std_coeff 25, cov_coeff 1; facebookresearch/vicreg main_vicreg.py).
+    vicreg_sim: float = 25.0
+    vicreg_var: float = 25.0
+    vicreg_cov: float = 1.0
+
+    def validate_objective(self) -> None:
+        for name, value, choices in (("slides", self.slides, ("train", "all")),
+                                     ("weights", self.weights, ("teacher", "uniform")),
+                                     ("objective", self.objective, ("mse", "vicreg"))):
+            if value not in choices:
+                raise ConfigError(f"stage1.{name} must be {' or '.join(map(repr, choices))}, "
+                                  f"got {value!r}")
+        if self.objective != "vicreg":
+            return
+        if self.batch_patches < 2:  # a batch of one row has no variance nor covariance
+            raise ConfigError(f"stage1.objective=vicreg needs stage1.batch_patches >= 2 "
+                              f"(per-batch variance and covariance), got {self.batch_patches}")
+        if not self.vicreg_projector or min(self.vicreg_projector) < 1:
+            raise ConfigError(f"stage1.vicreg_projector must be one or more widths >= 1, got "
+                              f"{self.vicreg_projector}")
 
 
 @dataclass
@@ -155,6 +188,7 @@ class DistillConfig:
         from lrmil.runner.distributed import rank_device
 
         rank_device(self.device, setting="device")  # auto, cpu, cuda, cuda:N, and present
+        self.stage1.validate_objective()
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -213,6 +247,7 @@ RANGES: dict[str, Range] = {
     "stage1.lr": Range(0, open_low=True), "stage1.weight_decay": Range(0),
     "stage1.grad_clip": Range(0), "stage1.adapter_hidden": Range(1),
     "stage1.read_workers": Range(1), "stage1.shuffle_mb": Range(1),
+    "stage1.vicreg_sim": Range(0), "stage1.vicreg_var": Range(0), "stage1.vicreg_cov": Range(0),
     "data.cache_gb": Range(0), "data.workers": Range(0), "data.prefetch": Range(1),
 }
 

@@ -25,7 +25,7 @@ from lrmil.distill.cohort import Cohort
 from lrmil.distill.config import DistillConfig
 from lrmil.distill.layout import RunLayout
 from lrmil.distill.splits import Fold
-from lrmil.distill.stage1 import SlideGeometry, run_stage1, stage1_features
+from lrmil.distill.stage1 import SlideGeometry, run_stage1, stage1_features, stage1_slides
 from lrmil.distill.student import train_student
 from lrmil.distill.teacher import train_teacher
 from lrmil.distill.train import Progress
@@ -101,8 +101,9 @@ def train_final(cfg: DistillConfig, cohort: Cohort, layout: RunLayout, folds: li
     features = cohort.lr
     if cfg.stage1.enabled:
         once(f"stage 1 ({cfg.stage1.mode})", out.stage1_features,
-             lambda _tick: run_stage1(cohort, everything.train, final_cfg, out, device,
-                                      seed_of("stage1"), geometry))
+             lambda _tick: run_stage1(cohort, stage1_slides(cohort, everything,
+                                                            cfg.stage1.slides),
+                                      final_cfg, out, device, seed_of("stage1"), geometry))
 
         def features(name: str) -> tuple[str, str]:
             return stage1_features(out, name)

@@ -167,6 +167,8 @@ def markdown(report: dict[str, Any]) -> str:
     for k in report["folds"]:
         fold = report["per_fold"][str(k)]
         lines.append(f"| {k} | " + " | ".join(_fmt(fold[m]["auc"]) for m in models) + " |")
+    if report.get("stage1"):
+        lines += ["", *stage1_markdown(report["stage1"])]
     if report.get("calibration"):
         from lrmil.distill.calibration import Calibration, calibration_markdown
 
@@ -199,15 +201,33 @@ def fold_counts_markdown(counts: dict[str, Any], class_names: list[str]) -> list
 
 
 def cohort_markdown(cohort: dict[str, Any]) -> list[str]:
-    """Slides and patients per class, and the slides left out for want of a label."""
+    """Slides and patients per class, the unlabelled slides, and the slides left out for want
+    of a row in the labels CSV."""
     lines = ["## Cohort", "", "| class | slides | patients |", "|---|---|---|"]
     lines += [f"| {name} | {c['slides']} | {c['patients']} |"
               for name, c in cohort["counts"].items()]
     lines.append(f"| all | {cohort['slides']} | {cohort['patients']} |")
     if cohort.get("unlabelled"):
         names = cohort["unlabelled"]
-        lines += ["", f"{len(names)} slide(s) with features but no label, not used: "
-                  + ", ".join(names)]
+        lines += ["", f"{len(names)} unlabelled slide(s) (empty label; stage 1 only, with "
+                  "stage1.slides=all): " + ", ".join(names)]
+    if cohort.get("unlisted"):
+        names = cohort["unlisted"]
+        lines += ["", f"{len(names)} slide(s) with features but not in the labels CSV, not "
+                  "used: " + ", ".join(names)]
+    return lines
+
+
+def stage1_markdown(stage1: dict[str, Any]) -> list[str]:
+    """Stage 1's objective, weights and slides, and how many slides each fold's saw."""
+    lines = ["## Stage 1", "", f"Objective {stage1['objective']}, children weighted by "
+             f"{'the teacher' if stage1['weights'] == 'teacher' else 'uniform weights'}, "
+             f"slides: {stage1['slides']} ("
+             + ("the fold's labelled training slides" if stage1["slides"] == "train" else
+                "every slide outside the fold's test set and its patients") + ").", "",
+             "| fold | labelled slides | unlabelled slides |", "|---|---|---|"]
+    lines += [f"| {k} | {n['labelled']} | {n['unlabelled']} |"
+              for k, n in stage1["per_fold"].items()]
     return lines
 
 

@@ -35,6 +35,7 @@ from lrmil.distill.stage1 import (
     check_stage1,
     run_stage1,
     stage1_features,
+    stage1_slides,
 )
 from lrmil.distill.student import train_student
 from lrmil.distill.teacher import train_teacher
@@ -60,14 +61,20 @@ def seed_for(seed: int, fold: int, step: str) -> int:
     return (seed * 1_000_003 + fold * 7919 + zlib.crc32(step.encode())) % (2**31)
 
 
-def cohort_notes(cohort: Cohort) -> list[str]:
-    """The lines a user reads before training: counts per class, and unlabelled slides."""
+def cohort_notes(cohort: Cohort, cfg: DistillConfig) -> list[str]:
+    """The lines a user reads before training: counts per class, unlabelled and unlisted
+    slides."""
     counts = ", ".join(f"{name}: {c['slides']} slides / {c['patients']} patients"
                        for name, c in cohort.counts().items())
     notes = [f"cohort: {len(cohort.slides)} labelled slides ({counts})"]
     if cohort.unlabelled:
-        notes.append(f"{len(cohort.unlabelled)} slide(s) have features but no label in the "
-                     f"labels CSV and are not used: {few(cohort.unlabelled)}")
+        use = ("stage 1 only" if cfg.stage1.enabled and cfg.stage1.slides == "all"
+               else "not used (stage1.slides=train)")
+        notes.append(f"{len(cohort.unlabelled)} unlabelled slide(s) (empty label), {use}: "
+                     f"{few(cohort.unlabelled_names)}")
+    if cohort.unlisted:
+        notes.append(f"{len(cohort.unlisted)} slide(s) have features but are not in the "
+                     f"labels CSV and are not used: {few(cohort.unlisted)}")
     return notes
 
 
@@ -98,7 +105,7 @@ def run(cfg: DistillConfig, on_step: StepHook | None = None,
              for f in folds}
     with ranks:
         if ranks.main:
-            for line in cohort_notes(cohort):
+            for line in cohort_notes(cohort, cfg):
                 (on_note or (lambda _line: None))(line)
             layout.root.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(layout.root)  # of processes killed mid-write
@@ -127,6 +134,7 @@ def run(cfg: DistillConfig, on_step: StepHook | None = None,
     report = build_report(layout.root, indices, models, cohort.class_names,
                           {"mode": cfg.stage1.mode if cfg.stage1.enabled else "none",
                            "cohort": cohort.summary(), "fold_counts": cohort.split_counts(folds),
+                           "stage1": _stage1_summary(cfg, cohort, folds),
                            "calibration": calibration.to_dict(),
                            "final": read_training(layout)}, seed=cfg.seed)
     write_report(layout.root, report)
@@ -151,8 +159,10 @@ def _fold_steps(cfg: DistillConfig, cohort: Cohort, fold: Fold, out: FoldLayout,
                                           seed_for(cfg.seed, k, "teacher"), tick))
     if cfg.stage1.enabled:
         yield Step(f"stage 1 ({cfg.stage1.mode})", out.stage1_features,
-                   lambda _tick: run_stage1(cohort, fold.train, cfg, out, device,
-                                            seed_for(cfg.seed, k, "stage1"), geometry))
+                   lambda _tick: run_stage1(cohort, stage1_slides(cohort, fold,
+                                                                  cfg.stage1.slides),
+                                            cfg, out, device, seed_for(cfg.seed, k, "stage1"),
+                                            geometry))
 
     def distilled(name: str) -> ArrayKey:
         return stage1_features(out, name)
@@ -173,6 +183,21 @@ def _fold_steps(cfg: DistillConfig, cohort: Cohort, fold: Fold, out: FoldLayout,
     yield Step("baseline", out.model("baseline"),
                lambda tick: train_baseline(cohort, fold, cfg, out, device,
                                            seed_for(cfg.seed, k, "baseline"), tick))
+
+
+def _stage1_summary(cfg: DistillConfig, cohort: Cohort, folds: list[Fold]
+                    ) -> dict[str, Any] | None:
+    """What report.md says of stage 1: its settings and the slides each fold's saw."""
+    if not cfg.stage1.enabled:
+        return None
+    per_fold = {}
+    for fold in folds:
+        names = stage1_slides(cohort, fold, cfg.stage1.slides)
+        unlabelled = sum(name in cohort.unlabelled for name in names)
+        per_fold[str(fold.index)] = {"labelled": len(names) - unlabelled,
+                                     "unlabelled": unlabelled}
+    return {"slides": cfg.stage1.slides, "weights": cfg.stage1.weights,
+            "objective": cfg.stage1.objective, "per_fold": per_fold}
 
 
 def _width(cohort: Cohort, features: Callable[[str], ArrayKey]) -> int:

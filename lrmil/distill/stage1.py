@@ -10,8 +10,14 @@ pulled, block by block, towards the HR embeddings of the same layers (L_layer, `
 - `adapter`: a residual MLP on the cached LR features (CPU-friendly, L_attn only), then projects
   every slide's LR features.
 
-Only the fold's training slides are distilled from (the teacher's attention on them is what it
-learned); the outputs cover every slide so the student can be validated and tested.
+The attention term is the paper's weighted MSE (`stage1.objective=mse`) or VICReg between the
+patch embedding and its weighted children's embedding (`vicreg`, lrmil.distill.vicreg); the
+children's weights are the fold's teacher's attention over them or uniform (`stage1.weights`).
+
+Which slides are distilled from (`stage1_slides`): the fold's labelled training slides
+(`stage1.slides=train`), or every slide outside its test set, unlabelled ones included (`all`:
+no label is read, the teacher's attention on any slide is inference); never a test patient's
+slide. The outputs cover every labelled slide so the student can be validated and tested.
 
 Nothing holds the cohort: the training rows (LR patches with a valid child) are shuffled within
 groups of slides whose HR features fit in `stage1.shuffle_mb`; a group's arrays are read through
@@ -37,11 +43,13 @@ from lrmil.data import PatchDataset
 from lrmil.data.store import ArrayKey
 from lrmil.distill.bags import as_float
 from lrmil.distill.checkpoint import load_state, save_module
-from lrmil.distill.cohort import Cohort, few
+from lrmil.distill.cohort import Cohort, Slide, few
 from lrmil.distill.config import DistillConfig, Stage1Config
 from lrmil.distill.layout import FoldLayout
+from lrmil.distill.splits import Fold
 from lrmil.distill.teacher import teacher_attn_logits
 from lrmil.distill.train import autocast
+from lrmil.distill.vicreg import Projector, vicreg_terms, weighted_children
 from lrmil.errors import ConfigError, FileFormatError
 from lrmil.ops import block_mse, child_mse
 from lrmil.utils.atomic import atomic_path
@@ -73,6 +81,47 @@ class Adapter(nn.Module):
 def stage1_features(out: FoldLayout, slide: str) -> ArrayKey:
     """Where a slide's stage-1 features (N, D) are."""
     return (str(out.stage1_features), slide)
+
+
+def stage1_slides(cohort: Cohort, fold: Fold, which: str) -> list[str]:
+    """The slides fold's stage 1 distils from (module doc), sorted."""
+    if which == "train":
+        return sorted(fold.train)
+    if which != "all":
+        raise ValueError(f"stage1.slides must be 'train' or 'all', got {which!r}")
+    test = set(fold.test)
+    test_patients = {cohort.slides[name].patient for name in test}
+    return sorted(name for name in (*cohort.names, *cohort.unlabelled_names)
+                  if name not in test and cohort.slide(name).patient not in test_patients)
+
+
+def _participants(cohort: Cohort, cfg: Stage1Config) -> dict[str, Slide]:
+    """Every slide some fold's stage 1 may read (what `check_stage1` checks)."""
+    return {**cohort.slides, **(cohort.unlabelled if cfg.slides == "all" else {})}
+
+
+class Objective:
+    """The attention term of stage 1 (module doc): `objective(s, t, weight)` is a loss per row
+    (mse) or one for the batch (vicreg, through a trained projector); the caller means it."""
+
+    def __init__(self, cfg: Stage1Config, dim: int, device: torch.device) -> None:
+        self.cfg = cfg
+        self.projector = (Projector(dim, list(cfg.vicreg_projector)).to(device).train()
+                          if cfg.objective == "vicreg" else None)
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.projector.parameters()) if self.projector is not None else []
+
+    def takes(self, rows: int) -> bool:
+        """Whether a batch of `rows` rows trains: VICReg skips a batch of one (no variance)."""
+        return self.projector is None or rows >= 2
+
+    def __call__(self, s: torch.Tensor, t: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.projector is None:
+            return child_mse(s, t, weight)
+        terms = vicreg_terms(self.projector(s.float()),
+                             self.projector(weighted_children(t, weight)))
+        return terms.loss(self.cfg.vicreg_sim, self.cfg.vicreg_var, self.cfg.vicreg_cov)
 
 
 # ------------------------------------------------------------------------- teacher targets
@@ -160,7 +209,7 @@ def _plan(cohort: Cohort, names: list[str], layers: list[str], cfg: Stage1Config
     order when they fit in `cfg.shuffle_mb`, else consecutive runs of a per-epoch permutation
     (from `seed`), each within the budget (at least one slide)."""
     def size(name: str) -> int:
-        slide = cohort.slides[name]
+        slide = cohort.slide(name)
         width = cohort.hr_dim + sum(cohort.layer_dims[layer] for layer in layers)
         return slide.n_hr * width * slide.hr_itemsize
 
@@ -181,10 +230,10 @@ def _plan(cohort: Cohort, names: list[str], layers: list[str], cfg: Stage1Config
     return plan
 
 
-def _load_groups(cohort: Cohort, plan: list[list[list[str]]], teacher_outputs: Path,
+def _load_groups(cohort: Cohort, plan: list[list[list[str]]], teacher_outputs: Path | None,
                  layers: list[str], with_lr: bool) -> Iterator[Group]:
     """The groups of the plan in order, read through the store (one at a time; a plan of one
-    group, the same every epoch, is read once)."""
+    group, the same every epoch, is read once). No `teacher_outputs`: uniform weights."""
     k = cohort.r * cohort.r
     last: tuple[tuple[str, ...], Group] | None = None
     for groups in plan:
@@ -198,15 +247,19 @@ def _load_groups(cohort: Cohort, plan: list[list[list[str]]], teacher_outputs: P
 
             def keys(name: str) -> list[ArrayKey]:
                 return [cohort.hr(name), cohort.parent(name), cohort.child(name),
-                        teacher_attn_logits(teacher_outputs, name),
+                        *([teacher_attn_logits(teacher_outputs, name)]
+                          if teacher_outputs is not None else []),
                         *(cohort.layer(name, layer) for layer in layers),
                         *([cohort.lr(name)] if with_lr else [])]
 
             slides = []
             for name, values in zip(names, cohort.store.stream([keys(n) for n in names]),
                                     strict=True):
-                hr, parent, child, attn, *rest = values
-                rows, children = child_table(parent, child, cohort.slides[name].n_lr, k)
+                hr, parent, child, *rest = values
+                # Equal logits: the softmax over the valid children is their mean.
+                attn = (rest.pop(0) if teacher_outputs is not None
+                        else np.zeros(len(parent), dtype=np.float32))
+                rows, children = child_table(parent, child, cohort.slide(name).n_lr, k)
                 slides.append(SlideTargets(name, rows, children, attn, hr,
                                            rest[len(layers)] if with_lr else None,
                                            dict(zip(layers, rest[:len(layers)], strict=False))))
@@ -268,20 +321,27 @@ def _write_features(cohort: Cohort, out: FoldLayout, features: Iterator[tuple[st
     cohort.store.forget(out.stage1_features)  # a re-run of the step replaces it
 
 
+def _teacher_outputs(cfg: Stage1Config, out: FoldLayout) -> Path | None:
+    return out.teacher_outputs if cfg.weights == "teacher" else None
+
+
 def _adapter(cohort: Cohort, train_names: list[str], cfg: Stage1Config, out: FoldLayout,
              device: torch.device, seed: int) -> None:
     adapter = Adapter(cohort.lr_dim, cohort.hr_dim, cfg.adapter_hidden).to(device)
-    params = list(adapter.parameters())
+    objective = Objective(cfg, cohort.hr_dim, device)
+    params = [*adapter.parameters(), *objective.parameters()]
     plan = _plan(cohort, train_names, [], cfg, seed)
     optimizer, schedule = _optimise(
         params, cfg, _steps(plan, _row_counts(cohort, train_names), cfg.batch_patches))
     generator = torch.Generator().manual_seed(seed)
     adapter.train()
-    for group in _load_groups(cohort, plan, out.teacher_outputs, [], with_lr=True):
+    for group in _load_groups(cohort, plan, _teacher_outputs(cfg, out), [], with_lr=True):
         for idx in torch.randperm(len(group), generator=generator).split(cfg.batch_patches):
+            if not objective.takes(len(idx)):
+                continue
             targets = group.batch(idx.numpy())
             s = adapter.align(targets.lr.to(device))
-            loss = cfg.lambda_attn * child_mse(s, targets.t.to(device),
+            loss = cfg.lambda_attn * objective(s, targets.t.to(device),
                                                targets.weight.to(device)).mean()
             _step(loss, params, cfg, optimizer, schedule)
     adapter.eval()
@@ -332,20 +392,21 @@ def check_stage1(cohort: Cohort, cfg: DistillConfig) -> SlideGeometry | None:
                           f"resolutions: the LR features have {cohort.lr_dim}, the HR features "
                           f"{cohort.hr_dim}; use stage1.mode=adapter")
     for layer in s1.layers:
-        missing = sorted(n for n, s in cohort.slides.items() if layer not in s.layers)
+        missing = sorted(n for n, s in _participants(cohort, s1).items() if layer not in s.layers)
         if missing:
             raise FileFormatError(f"HR features of {len(missing)} slide(s) lack layers/{layer} "
                                   f"(embed HR with --layers): {few(missing)}")
-    return slide_geometry(cohort, cfg.tiled)
+    return slide_geometry(cohort, cfg.tiled, _participants(cohort, s1))
 
 
-def slide_geometry(cohort: Cohort, tiled: str | None) -> SlideGeometry:
+def slide_geometry(cohort: Cohort, tiled: str | None, slides: dict[str, Slide] | None = None
+                   ) -> SlideGeometry:
     """From `TILED/coords/<slide>.h5`, or the coords file the LR features name in their attrs;
-    checked against the features' coords."""
+    checked against the features' coords; for `slides` (default: the labelled ones)."""
     from lrmil.tiling import read_coords
 
     paths, size0, mpp, patch = {}, {}, {}, set()
-    for name, slide in cohort.slides.items():
+    for name, slide in (cohort.slides if slides is None else slides).items():
         path = Path(tiled) / "coords" / f"{name}.h5" if tiled else slide.coords_path
         if path is None:
             raise ConfigError("stage1.mode=encoder reads LR pixels but the LR features do not "
@@ -384,7 +445,7 @@ def _encoder(cohort: Cohort, train_names: list[str], cfg: DistillConfig, out: Fo
     encoder = build(cohort.lr_encoder, s1.encoder_weights, seed=cohort.encoder_seed)
     layers = list(s1.layers) or [
         layer for layer in encoder.default_layers
-        if all(layer in s.layers for s in cohort.slides.values())]
+        if all(layer in s.layers for s in _participants(cohort, s1).values())]
     encoder.check_layers(layers)
     for layer in layers:
         if encoder.grid_size(layer, geo.patch_size) % cohort.r:
@@ -392,11 +453,12 @@ def _encoder(cohort: Cohort, train_names: list[str], cfg: DistillConfig, out: Fo
 
     encoder.to(device)
     model = encoder.model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
+    objective = Objective(s1, cohort.hr_dim, device)
+    params = [*(p for p in model.parameters() if p.requires_grad), *objective.parameters()]
     plan = _plan(cohort, train_names, layers, s1, seed)
     optimizer, schedule = _optimise(
         params, s1, _steps(plan, _row_counts(cohort, train_names), s1.batch_patches))
-    groups = _load_groups(cohort, plan, out.teacher_outputs, layers, with_lr=False)
+    groups = _load_groups(cohort, plan, _teacher_outputs(s1, out), layers, with_lr=False)
     for epoch, epoch_groups in enumerate(plan):
         generator = torch.Generator().manual_seed(seed + epoch)
         for _ in epoch_groups:
@@ -407,12 +469,14 @@ def _encoder(cohort: Cohort, train_names: list[str], cfg: DistillConfig, out: Fo
             loader = DataLoader(dataset, batch_size=s1.batch_patches, shuffle=True,
                                 generator=generator, num_workers=s1.read_workers)
             for patches, idx in loader:
+                if not objective.takes(len(idx)):
+                    continue
                 targets = group.batch(idx.numpy())
                 with autocast(device):
                     s, grids, _ = encoder.forward_features(
                         encoder.preprocess(patches.to(device)), layers)
                 valid = targets.valid.to(device)
-                loss = s1.lambda_attn * child_mse(s.float(), targets.t.to(device),
+                loss = s1.lambda_attn * objective(s.float(), targets.t.to(device),
                                                   targets.weight.to(device))
                 if layers:
                     per_layer = [block_mse(grids[name].float(), targets.layers[name].to(device),

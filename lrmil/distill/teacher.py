@@ -26,8 +26,8 @@ def hr_bags(cohort: Cohort, names: list[str]) -> BagSet:
 
 def train_teacher(cohort: Cohort, fold: Fold, cfg: DistillConfig, out: FoldLayout,
                   device: torch.device, seed: int, progress: Progress | None = None) -> None:
-    """Writes `teacher.safetensors`, `teacher_outputs.h5` (every slide of the cohort) and
-    `pred_teacher.csv` (the fold's test slides)."""
+    """Writes `teacher.safetensors`, `teacher_outputs.h5` (every slide of the cohort, the
+    unlabelled ones too: stage 1's weights) and `pred_teacher.csv` (the fold's test slides)."""
     fit_and_save(
         lambda: build_mil(cfg.mil, cohort.hr_dim, len(cohort.class_names)),
         hr_bags(cohort, fold.train), hr_bags(cohort, fold.val), hr_bags(cohort, fold.test),
@@ -43,7 +43,7 @@ def write_teacher_outputs(model: GatedABMIL, cohort: Cohort, path: Path,
     """`/<slide>/logits (C,)` and `/<slide>/attn_logits (M,)`, one bag at a time."""
     model.eval()
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
-        for bag in hr_bags(cohort, cohort.names).bags():
+        for bag in hr_bags(cohort, [*cohort.names, *cohort.unlabelled_names]).bags():
             x = bag.features.to(device)
             offsets = torch.tensor([0, x.shape[0]], device=device)
             with autocast(device):

@@ -33,7 +33,7 @@ def test_knows_every_slide_without_reading_its_features(toy_features):
     slide = cohort.slides["slide_001"]
     assert slide.label == 1 and slide.n_lr == 10 and slide.hr_itemsize == 4
     hr = read_features(toy_features / "hr" / "slide_001.h5")
-    assert slide.n_hr == len(hr) and cohort.unlabelled == []
+    assert slide.n_hr == len(hr) and cohort.unlisted == [] and cohort.unlabelled == {}
     # Only the small index arrays were read (parent, child: 2 per slide), no features.
     assert cohort.store.reads == 2 * 24
     np.testing.assert_array_equal(cohort.store.read(cohort.hr("slide_001")), hr.features)
@@ -103,23 +103,23 @@ def test_features_of_other_weights_under_the_same_name_are_refused(features):
         load_cohort(features, features / "labels.csv")
 
 
-def test_unlabelled_slides_are_named_and_counts_reported(features, tmp_path):
+def test_unlisted_slides_are_named_and_counts_reported(features, tmp_path):
     rows = [(f"slide_{i:03d}", f"class_{i % 2}") for i in range(21)]
     labels = write_labels(tmp_path / "l.csv", rows)
     cohort = load_cohort(features, labels)
-    assert cohort.unlabelled == ["slide_021", "slide_022", "slide_023"]
+    assert cohort.unlisted == ["slide_021", "slide_022", "slide_023"]
     notes = []
     cfg = load_config(overrides=[*TINY_OVERRIDES, "stage1.enabled=false"],
                       features=str(features), labels=str(labels), out=str(tmp_path / "run"))
     report = run(cfg, on_note=notes.append)
     assert notes[0] == ("cohort: 21 labelled slides (class_0: 11 slides / 11 patients, "
                         "class_1: 10 slides / 10 patients)")
-    assert notes[1].startswith("3 slide(s) have features but no label") and \
+    assert notes[1].startswith("3 slide(s) have features but are not in the labels CSV") and \
         notes[1].endswith("slide_021, slide_022, slide_023")
     text = (tmp_path / "run" / "report.md").read_text()
     assert "| class_0 | 11 | 11 |" in text and "| all | 21 | 21 |" in text
-    assert "3 slide(s) with features but no label, not used: slide_021, slide_022, slide_023" \
-        in text
+    assert ("3 slide(s) with features but not in the labels CSV, not used: slide_021, "
+            "slide_022, slide_023") in text
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["cohort"] == report["cohort"] and saved["cohort"]["patients"] == 21
 
