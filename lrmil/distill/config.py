@@ -112,9 +112,8 @@ class Stage1Config:
         if self.batch_patches < 2:  # a batch of one row has no variance nor covariance
             raise ConfigError(f"stage1.objective=vicreg needs stage1.batch_patches >= 2 "
                               f"(per-batch variance and covariance), got {self.batch_patches}")
-        if not self.vicreg_projector or min(self.vicreg_projector) < 1:
-            raise ConfigError(f"stage1.vicreg_projector must be one or more widths >= 1, got "
-                              f"{self.vicreg_projector}")
+        if not self.vicreg_projector:  # each width is checked in RANGES
+            raise ConfigError("stage1.vicreg_projector must list one or more widths, got []")
 
 
 @dataclass
@@ -175,8 +174,10 @@ class DistillConfig:
         read or written, so that a refused run leaves nothing behind."""
         flat = _flat_fields(self)
         for name, allowed in RANGES.items():
-            if flat[name] is not None:
-                allowed.check(name, flat[name])
+            value = flat[name]
+            for item in value if isinstance(value, list) else [value]:  # a list: each item
+                if item is not None:
+                    allowed.check(name, item)
         if self.stage1.mode not in ("encoder", "adapter"):
             raise ConfigError(
                 f"stage1.mode must be 'encoder' or 'adapter', got {self.stage1.mode!r}")
@@ -247,6 +248,7 @@ RANGES: dict[str, Range] = {
     "stage1.lr": Range(0, open_low=True), "stage1.weight_decay": Range(0),
     "stage1.grad_clip": Range(0), "stage1.adapter_hidden": Range(1),
     "stage1.read_workers": Range(1), "stage1.shuffle_mb": Range(1),
+    "stage1.vicreg_projector": Range(1),
     "stage1.vicreg_sim": Range(0), "stage1.vicreg_var": Range(0), "stage1.vicreg_cov": Range(0),
     "data.cache_gb": Range(0), "data.workers": Range(0), "data.prefetch": Range(1),
 }

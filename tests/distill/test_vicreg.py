@@ -61,8 +61,10 @@ def test_a_batch_of_one_row_is_refused_and_skipped():
         load_config(overrides=["stage1.objective=vicreg", "stage1.batch_patches=1"])
     with pytest.raises(ConfigError, match="stage1.objective must be 'mse' or 'vicreg'"):
         load_config(overrides=["stage1.objective=simclr"])
-    with pytest.raises(ConfigError, match="vicreg_projector"):
+    with pytest.raises(ConfigError, match="vicreg_projector must list one or more widths"):
         load_config(overrides=["stage1.objective=vicreg", "stage1.vicreg_projector=[]"])
+    with pytest.raises(ConfigError, match=r"stage1.vicreg_projector must be >= 1, got 0"):
+        load_config(overrides=["stage1.vicreg_projector=[8,0]"])
 
 
 def test_ragged_children_are_averaged_over_the_valid_ones_only():
