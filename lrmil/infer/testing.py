@@ -60,3 +60,25 @@ def tiny_model(dim: int = 16, n_classes: int = 2, patch_size: int = 32,
                      source_sha256="tiny")
     return (EncoderGraph(ScalePixels(), cnn).eval(), HeadGraph(TinyGatedMIL(dim, n_classes)).eval(),
             meta)
+
+
+def make_tiny_run(root, monkeypatch, tiny_lr_model):
+    """ROOT/tiny_run: a run folder whose student is the tiny model (lrmil.distill.load_student
+    patched through pytest's monkeypatch), the CLI's success path without training anything."""
+    import json
+
+    import lrmil.distill
+    from lrmil import __version__
+
+    encoder, head, meta = tiny_lr_model
+    run = root / "tiny_run"
+    (run / "fold_1").mkdir(parents=True)
+    (run / "fold_1" / "student.safetensors").write_bytes(b"weights")
+    config = {"versions": {"lrmil": __version__}, "class_names": meta.class_names,
+              "patch_size": meta.patch_size, "lr_magnification": meta.magnification}
+    (run / "config.json").write_text(json.dumps(config))
+    student = SimpleNamespace(name=meta.encoder, dim=meta.feature_dim,
+                              preprocess=encoder.preprocess, model=encoder.model)
+    monkeypatch.setattr(lrmil.distill, "load_student",
+                        lambda run, fold=None: (student, head.mil, config))
+    return run

@@ -143,23 +143,10 @@ def test_a_killed_rank_fails_the_run_naming_it_and_a_rerun_does_the_rest(tiled, 
 def _tiny_exported_run(root: Path, monkeypatch, tiny_lr_model) -> Path:
     """A run folder whose student is the tiny model, exported to ONNX (load_student patched
     here; the infer processes only read the export)."""
-    from types import SimpleNamespace
-
-    import lrmil.distill
-    from lrmil import __version__
     from lrmil.export import export_run
+    from lrmil.infer.testing import make_tiny_run
 
-    encoder, head, meta = tiny_lr_model
-    run = root / "tiny_run"
-    (run / "fold_1").mkdir(parents=True)
-    (run / "fold_1" / "student.safetensors").write_bytes(b"weights")
-    config = {"versions": {"lrmil": __version__}, "class_names": meta.class_names,
-              "patch_size": meta.patch_size, "lr_magnification": meta.magnification}
-    (run / "config.json").write_text(json.dumps(config))
-    student = SimpleNamespace(name=meta.encoder, dim=meta.feature_dim,
-                              preprocess=encoder.preprocess, model=encoder.model)
-    monkeypatch.setattr(lrmil.distill, "load_student",
-                        lambda run, fold=None: (student, head.mil, config))
+    run = make_tiny_run(root, monkeypatch, tiny_lr_model)
     export_run(run)
     return run
 
