@@ -47,6 +47,14 @@ def tile(
     overwrite: OverwriteOption = False,
     recursive: RecursiveOption = False,
     shard: ShardOption = None,
+    lr_grid: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of CLAM or TRIDENT coords files (<slide>.h5 or <slide>_patches.h5): "
+            "their patch positions are the LR grid where the patches cover an LR patch at "
+            "--lr-mag/--patch-size; HR children derived as usual.",
+        ),
+    ] = None,
     config_file: Annotated[
         Path | None,
         typer.Option(
@@ -72,7 +80,7 @@ def tile(
         config = TilingConfig.from_dict(values, source=str(config_file or "options"))
         summary = tile_slides(
             slides, out, config, workers=workers, overwrite=overwrite, mpp=override,
-            recursive=recursive, shard=shard, progress=True,
+            recursive=recursive, shard=shard, progress=True, lr_grid=lr_grid,
         )
         print_summary(summary, f"lrmil tile -> {out}")
     if summary.failed and summary.reports:

@@ -18,6 +18,7 @@ import numpy as np
 from lrmil.errors import FileFormatError
 from lrmil.info import versions
 from lrmil.tiling.config import TilingConfig
+from lrmil.tiling.foreign import GivenGrid, identify
 from lrmil.tiling.tiler import SlideTiles
 from lrmil.utils.atomic import atomic_path
 
@@ -77,7 +78,10 @@ def write_coords(
     mpp_user: float | None,
     slide_dimensions: tuple[int, int],
     config: TilingConfig,
+    given: GivenGrid | None = None,
 ) -> None:
+    """`given`: the CLAM/TRIDENT file the LR grid came from, recorded in the root attrs
+    (`lr_grid` = "lrmil" for lrmil's own grid)."""
     geo = tiles.geometry
     stat = slide_path.stat()
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
@@ -94,6 +98,7 @@ def write_coords(
                 "mpp_user": np.nan if mpp_user is None else mpp_user,
                 "tiling_config": json.dumps(config.to_dict(), sort_keys=True),
                 "tissue_params": json.dumps(config.to_dict()["tissue"], sort_keys=True),
+                **(given.root_attrs() if given is not None else {"lr_grid": "lrmil"}),
             }
         )
         lr = f.create_dataset("coords", data=tiles.coords.astype(np.int64).reshape(-1, 2))
@@ -147,27 +152,12 @@ def read_coords(path: str | Path) -> TiledSlide:
 
 
 def foreign_coords(path: Path) -> str | None:
-    """What to tell a user whose coords file was written by CLAM or TRIDENT (a `coords` dataset
-    with `patch_size` and `patch_level` or `target_magnification` attrs, no lrmil HR grid):
-    None for any other file."""
-    try:
-        with h5py.File(path, "r") as f:
-            if "coords" not in f or "hr" in f or not isinstance(f["coords"], h5py.Dataset):
-                return None
-            attrs = dict(f["coords"].attrs)
-            n = f["coords"].shape[0]
-    except OSError:
+    """What to tell a user whose coords file was written by CLAM or TRIDENT: None for any
+    other file."""
+    found = identify(path)
+    if found is None:
         return None
-    if "patch_size" not in attrs:
-        return None
-    if "target_magnification" in attrs:
-        tool = f"a TRIDENT coords file ({n} patches of {int(attrs['patch_size'])} px at " \
-               f"{float(attrs['target_magnification']):g}x)"
-    elif "patch_level" in attrs:
-        tool = f"a CLAM coords file ({n} patches of {int(attrs['patch_size'])} px at level " \
-               f"{int(attrs['patch_level'])})"
-    else:
-        return None
-    return (f"{tool}, not lrmil's: lrmil needs the HR children of every LR patch, which these "
-            "files lack; run `lrmil tile` on the slides (CLAM/TRIDENT feature files are read "
-            "as they are, see README 'Files')")
+    return (f"{found.describe()}, not lrmil's: lrmil needs the HR children of every LR patch, "
+            "which these files lack; run `lrmil tile` on the slides, with `--lr-grid "
+            f"{path.parent}` to keep this grid (CLAM/TRIDENT feature files are read as they "
+            "are, see README 'Files')")

@@ -74,7 +74,7 @@ UP_FRONT = {
                                                             "lrmil tile"]),
     "a CLAM patches folder": lambda tmp, t: (
         _foreign_coords(tmp / "clam", {"patch_size": 256, "patch_level": 0}), [],
-        ["slide_1.h5", "a CLAM coords file", "run `lrmil tile`"]),
+        ["slide_1.h5", "a CLAM coords file", "run `lrmil tile`", f"--lr-grid {tmp / 'clam'}"]),
     "a TRIDENT patches folder": lambda tmp, t: (
         _foreign_coords(tmp / "trident", {"patch_size": 256, "target_magnification": 20,
                                           "patch_size_level0": 256}), [],

@@ -81,6 +81,9 @@ UP_FRONT = {
         [tmp / "list.csv", "slide"]),
     "shard out of range": lambda tmp, s: (
         [s, "--out", tmp / "out", "--shard", "2/2"], ["--shard"]),
+    "lr grid folder missing": lambda tmp, s: (
+        [s, "--out", tmp / "out", "--lr-grid", tmp / "patches"],
+        ["--lr-grid", tmp / "patches", "no such folder"]),
 }
 
 
@@ -134,6 +137,79 @@ def test_one_bad_slide_the_others_finish(case, tmp_path, slides):
     out = tmp_path / "out"
     assert sorted(p.name for p in (out / "coords").iterdir()) == ["good_a.h5", "good_b.h5"]
     assert "bad" in (out / "errors.csv").read_text()
+    no_partial_files(out)
+
+
+def _grid(folder: Path, name: str, coords=((0, 0), (256, 0)), **attrs: object) -> Path:
+    """A TRIDENT coords file (patches/<name>_patches.h5) for a 768 x 512 slide at 20x: 64 px
+    patches at 5x, lrmil's LR grid here; `attrs` change or (None) drop TRIDENT's attrs."""
+    import h5py
+    import numpy as np
+
+    path = folder / "patches" / f"{name}_patches.h5"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values = {"patch_size": 64, "patch_size_level0": 256, "level0_magnification": 20,
+              "target_magnification": 5, "overlap": 0, "name": name, "level0_width": 768,
+              "level0_height": 512, **attrs}
+    with h5py.File(path, "w") as f:
+        f.create_dataset("coords", data=np.asarray(coords, dtype=np.int64)).attrs.update(
+            {k: v for k, v in values.items() if v is not None})
+    return path
+
+
+def _clam_level_5(folder: Path, name: str) -> Path:
+    import h5py
+    import numpy as np
+
+    path = folder / f"{name}.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("coords", data=np.zeros((2, 2), np.int64)).attrs.update(
+            {"patch_size": 256, "patch_level": 5, "name": name})
+    return path
+
+
+def _not_coords(folder: Path, name: str) -> Path:
+    import h5py
+
+    path = folder / f"{name}.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("features", data=[1.0, 2.0])
+    return path
+
+
+# good_b's grid file is bad, good_a's is right: (case, make(folder) -> file named, says).
+BAD_GRIDS = {
+    "grid at 20x": (lambda d: _grid(d, "good_b", target_magnification=20, patch_size_level0=64),
+                    "cover 64 px of level 0, an lrmil LR patch (64 px at 5x) covers 256"),
+    "level-0 side not divisible by r": (lambda d: _grid(d, "good_b", patch_size_level0=254),
+                                        "254 px is not divisible by r = 4"),
+    "a patch outside the slide": (lambda d: _grid(d, "good_b", coords=((0, 0), (600, 0))),
+                                  "1 patch(es) lie outside the 768x512 px slide"),
+    "made for another scan": (lambda d: _grid(d, "good_b", level0_width=1000),
+                              "made for a 1000x512 px slide"),
+    "made at another level-0 magnification": (
+        lambda d: _grid(d, "good_b", level0_magnification=40), "made for a 40x level 0"),
+    "CLAM at a level the slide lacks": (lambda d: _clam_level_5(d, "good_b"),
+                                        "patch_level 5 is not a level of the slide"),
+    "not a CLAM or TRIDENT file": (lambda d: _not_coords(d, "good_b"),
+                                   "not a CLAM or TRIDENT coords file"),
+    "no grid file for the slide": (lambda d: d / "good_b_patches.h5",
+                                   "no coords file for slide good_b"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_GRIDS)
+def test_a_bad_lr_grid_fails_its_slide_and_the_others_finish(case, tmp_path, slides):
+    grids = tmp_path / "grids"
+    _grid(grids, "good_a")
+    make, says = BAD_GRIDS[case]
+    named = make(grids)
+    result = _tile(slides, "--out", tmp_path / "out", "--lr-grid", grids)
+    assert result.exit_code == 1
+    assert_one_failure(result, named.name, says)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in (out / "coords").iterdir()) == ["good_a.h5"]
+    assert "good_b" in (out / "errors.csv").read_text()
     no_partial_files(out)
 
 

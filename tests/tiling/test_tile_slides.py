@@ -238,10 +238,10 @@ def test_an_unexpected_error_fails_only_its_slide(tmp_path, synth_slide_path, mo
 
     real = tiler.tile_slide
 
-    def flaky(slide, config):
+    def flaky(slide, config, **kwargs):
         if slide.name == "broken":
             raise ValueError("odd file")
-        return real(slide, config)
+        return real(slide, config, **kwargs)
 
     monkeypatch.setattr(tiler, "tile_slide", flaky)
     broken = shutil.copy(synth_slide_path, tmp_path / "broken.svs")
