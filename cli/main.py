@@ -3,12 +3,19 @@ the command, so `lrmil --help` stays fast."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
-from typing import Annotated
+from collections.abc import Iterator
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
+
+try:  # Typer 0.2x vendors its Click: the usage errors it raises are typer._click's
+    from typer._click import exceptions as click_errors
+except ImportError:  # older Typer runs on Click itself
+    from click import exceptions as click_errors  # type: ignore[no-redef]
 
 # libgomp (loaded with torch, later) spin-waits between parallel regions by default, which costs
 # tens of ms per fused-op call when the cores are shared; sleeping threads cost microseconds.
@@ -23,7 +30,8 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 class DebugAnywhere(TyperGroup):
     """`--debug` is taken wherever it stands before a `--` (`lrmil tile ... --debug` as well as
-    `lrmil --debug tile ...`): it is removed before the subcommand parses its options."""
+    `lrmil --debug tile ...`): it is removed before the subcommand parses its options. A usage
+    error (unknown option or command, missing argument, bad choice) is one line, exit 2."""
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         from lrmil.cli import _common
@@ -31,7 +39,29 @@ class DebugAnywhere(TyperGroup):
         end = args.index("--") if "--" in args else len(args)
         _common.state.debug = "--debug" in args[:end]
         args = [a for a in args[:end] if a != "--debug"] + args[end:]
-        return super().parse_args(ctx, args)
+        with _usage_errors(ctx):
+            return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        with _usage_errors(ctx):  # the subcommand's parsing happens in here
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _usage_errors(ctx: typer.Context) -> Iterator[None]:
+    """Click's usage error as the commands' own one-line `error:` (instead of its Rich box)."""
+    try:
+        yield
+    except click_errors.NoArgsIsHelpError:  # `lrmil` alone: the help, as asked
+        raise
+    except click_errors.UsageError as exc:
+        # Some errors carry no context: the subcommand being parsed is the group's.
+        path = (exc.ctx.command_path if exc.ctx is not None
+                else " ".join(filter(None, [ctx.command_path, ctx.invoked_subcommand])))
+        message = " ".join(exc.format_message().split())
+        typer.secho(f"error: {path}: {message} (see '{path} --help')", fg=typer.colors.RED,
+                    err=True)
+        raise typer.Exit(exc.exit_code) from None
 
 
 app = typer.Typer(

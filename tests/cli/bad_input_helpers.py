@@ -38,6 +38,21 @@ def assert_one_line(result, *names: object) -> str:
     return lines[0]
 
 
+def assert_usage_error(result, command: str, *names: object) -> str:
+    """A mistyped command line: exit 2, nothing on stdout, one `error: lrmil <command>:` line on
+    stderr naming each of `names` (not Click's multi-line box); command "" is `lrmil` itself."""
+    assert result.exit_code == 2, result.output
+    assert result.stdout == "", result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    path = f"lrmil {command}" if command else "lrmil"
+    assert lines[0].startswith(f"error: {path}: "), lines[0]
+    assert lines[0].endswith(f"(see '{path} --help')"), lines[0]
+    for name in names:
+        assert str(name) in lines[0], (name, lines[0])
+    return lines[0]
+
+
 def assert_one_failure(result, *names: object) -> str:
     """A per-slide run with one bad slide: exit 1, exactly one `failed:` line naming it."""
     assert_handled(result)

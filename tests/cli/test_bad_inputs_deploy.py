@@ -12,6 +12,7 @@ import torch
 from bad_input_helpers import (
     assert_one_failure,
     assert_one_line,
+    assert_usage_error,
     files_under,
     invoke,
     no_partial_files,
@@ -188,3 +189,16 @@ def test_infer_one_bad_slide_the_others_are_predicted(case, tmp_path, tiny_run, 
     assert "good_a" in predicted and "good_b" in predicted and "bad" not in predicted
     assert "bad" in (out / "errors.csv").read_text()
     no_partial_files(out)
+
+
+@pytest.mark.parametrize("args, command, named", [
+    (["export", "run", "--format", "zip"], "export", ["--format", "'zip'", "'onnx', 'trt'"]),
+    (["export"], "export", ["Missing argument"]),
+    (["export", "run", "--fold", "one"], "export", ["--fold", "valid integer"]),
+    (["infer", "s.svs", "--model", "run", "--out", "o", "--engine", "tensorflow"], "infer",
+     ["--engine", "'tensorflow'"]),
+    (["infer", "s.svs", "--out", "o", "--hr-mag", "20"], "infer", ["No such option: --hr-mag"]),
+    (["infer", "--model", "run", "--out", "o"], "infer", ["Missing argument"]),
+])
+def test_a_usage_error_is_one_line_exit_2(args, command, named):
+    assert_usage_error(invoke(*args), command, *named)

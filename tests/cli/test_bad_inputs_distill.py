@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from bad_input_helpers import assert_one_line, invoke
+from bad_input_helpers import assert_one_line, assert_usage_error, invoke
 
 from lrmil.distill.toy import TINY_OVERRIDES, write_toy_features
 
@@ -159,3 +159,13 @@ def test_a_refused_run_leaves_nothing_and_the_corrected_command_runs(tmp_path, t
     result = _distill(toy, labels, out)
     assert result.exit_code == 0, result.output
     assert (out / "config.json").is_file() and (out / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("args, named", [
+    (["distill", "--features", "f", "--out", "r"], ["Missing option '--labels'"]),
+    (["distill", "--features", "f", "--labels", "l.csv", "--out", "r", "--fold", "1"],
+     ["No such option: --fold"]),
+    (["distill", "--features"], ["--features", "requires an argument"]),
+])
+def test_a_usage_error_is_one_line_exit_2(args, named):
+    assert_usage_error(invoke(*args), "distill", *named)

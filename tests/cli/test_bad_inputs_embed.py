@@ -14,6 +14,7 @@ import torch
 from bad_input_helpers import (
     assert_one_failure,
     assert_one_line,
+    assert_usage_error,
     files_under,
     invoke,
     no_partial_files,
@@ -166,3 +167,13 @@ def test_one_bad_slide_the_others_finish(case, tmp_path, tiled):
     assert (out / "lr" / "good_a.h5").is_file() and not (out / "lr" / "good_b.h5").exists()
     assert "good_b" in (out / "errors.csv").read_text()
     no_partial_files(out)
+
+
+@pytest.mark.parametrize("args, named", [
+    (["embed", "t", "--encoder", "lrmil-cnn", "--mag", "x4"], ["--mag", "'x4'"]),
+    (["embed", "t", "--encoder", "lrmil-cnn", "--batchsize", "8"], ["No such option: --batchsize"]),
+    (["embed", "--encoder", "lrmil-cnn"], ["Missing argument"]),
+    (["embed", "t", "--encoder", "lrmil-cnn", "--workers", "two"], ["--workers", "valid integer"]),
+])
+def test_a_usage_error_is_one_line_exit_2(args, named):
+    assert_usage_error(invoke(*args), "embed", *named)

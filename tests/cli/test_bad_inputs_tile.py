@@ -10,6 +10,7 @@ import pytest
 from bad_input_helpers import (
     assert_one_failure,
     assert_one_line,
+    assert_usage_error,
     files_under,
     invoke,
     no_partial_files,
@@ -241,3 +242,29 @@ def test_debug_anywhere_shows_the_traceback(tmp_path, slides):
         result = invoke(*args, "--out", tmp_path / "out", "--mpp", 0)
         assert isinstance(result.exception, ConfigError), result.output
     assert_one_line(invoke("tile", slides, "--out", tmp_path / "out", "--mpp", 0), "mpp")
+
+
+# Mistyped command lines: (case, args, named in the line); `lrmil ...` itself for "".
+USAGE = {
+    "unknown option": (["tile", "s.svs", "--out", "o", "--lr-magg", "5"],
+                       "tile", ["No such option: --lr-magg"]),
+    "missing --out": (["tile", "s.svs"], "tile", ["Missing option '--out'"]),
+    "missing SLIDES": (["tile", "--out", "o"], "tile", ["Missing argument"]),
+    "a word for a number": (["tile", "s.svs", "--out", "o", "--patch-size", "big"], "tile",
+                            ["--patch-size", "valid integer"]),
+    "unknown command": (["tlie", "s.svs"], "", ["No such command 'tlie'", "'tile'"]),
+    "unknown option before the command": (["--verbose", "tile"], "", ["--verbose"]),
+}
+
+
+@pytest.mark.parametrize("case", USAGE)
+def test_a_usage_error_is_one_line_exit_2(case, tmp_path):
+    args, command, named = USAGE[case]
+    assert_usage_error(invoke(*args), command, *named)
+    assert not (tmp_path / "o").exists()
+
+
+def test_help_still_works():
+    for args in (["--help"], ["tile", "--help"]):
+        result = invoke(*args)
+        assert result.exit_code == 0 and "Usage" in result.output, result.output
