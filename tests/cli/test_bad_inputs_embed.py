@@ -62,6 +62,18 @@ def _foreign_coords(folder: Path, attrs: dict) -> Path:
     return folder
 
 
+def _nan_weights(path: Path) -> Path:
+    """lrmil-cnn's state dict with every float tensor full of NaN, as safetensors."""
+    from safetensors.torch import save_file
+
+    from lrmil.encoders import build
+
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v.clone()
+             for k, v in build("lrmil-cnn").model.state_dict().items()}
+    save_file(state, str(path))
+    return path
+
+
 def _state_dict_file(path: Path) -> Path:
     torch.save({"not": "tensors"}, path)
     return path
@@ -86,6 +98,9 @@ UP_FRONT = {
                                             [tmp / "w.safetensors", "does not exist"]),
     "weights file of text": lambda tmp, t: (t, ["--weights", _write(tmp / "w.pt", "hello")],
                                             [tmp / "w.pt", "cannot be read"]),
+    "weights full of NaN": lambda tmp, t: (
+        t, ["--weights", _nan_weights(tmp / "nan.safetensors")],
+        [f"weights file {tmp / 'nan.safetensors'}: tensor", "holds NaN or inf values"]),
     "weights without tensors": lambda tmp, t: (t, ["--weights", _state_dict_file(tmp / "w.pt")],
                                                [tmp / "w.pt", "no state dict of tensors"]),
     "device gpu": lambda tmp, t: (t, ["--device", "gpu"],
