@@ -77,7 +77,7 @@ class Stage1Config:
     grad_clip: float = 1.0
     adapter_hidden: int = 512  # hidden width of the adapter's residual MLP
     encoder_weights: str | None = None  # weights file for the LR encoder (default: built-in)
-    read_workers: int = 2  # threads reading LR pixels from the slides
+    read_workers: int = 2  # DataLoader processes reading LR pixels (0: the training process)
     # Rows are shuffled within groups of training slides whose HR features (as stored) fit in
     # this many MB, so stage 1 never holds the cohort (one group, a global shuffle, when the
     # training slides fit).
@@ -247,7 +247,7 @@ RANGES: dict[str, Range] = {
     "stage1.epochs": Range(1), "stage1.batch_patches": Range(1),
     "stage1.lr": Range(0, open_low=True), "stage1.weight_decay": Range(0),
     "stage1.grad_clip": Range(0), "stage1.adapter_hidden": Range(1),
-    "stage1.read_workers": Range(1), "stage1.shuffle_mb": Range(1),
+    "stage1.read_workers": Range(0), "stage1.shuffle_mb": Range(1),
     "stage1.vicreg_projector": Range(1),
     "stage1.vicreg_sim": Range(0), "stage1.vicreg_var": Range(0), "stage1.vicreg_cov": Range(0),
     "data.cache_gb": Range(0), "data.workers": Range(0), "data.prefetch": Range(1),

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -432,6 +433,10 @@ class _Indexed(ConcatDataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return super().__getitem__(i)[0], i
 
+    def close(self) -> None:
+        for part in self.datasets:
+            part.close()  # type: ignore[attr-defined]
+
 
 def _patches(geo: SlideGeometry, name: str, coords: np.ndarray) -> PatchDataset:
     return PatchDataset(geo.paths[name], coords, geo.size0[name], geo.patch_size, geo.mpp[name])
@@ -468,21 +473,23 @@ def _encoder(cohort: Cohort, train_names: list[str], cfg: DistillConfig, out: Fo
                                 for n, rows in group.patch_rows()])
             loader = DataLoader(dataset, batch_size=s1.batch_patches, shuffle=True,
                                 generator=generator, num_workers=s1.read_workers)
-            for patches, idx in loader:
-                if not objective.takes(len(idx)):
-                    continue
-                targets = group.batch(idx.numpy())
-                with autocast(device):
-                    s, grids, _ = encoder.forward_features(
-                        encoder.preprocess(patches.to(device)), layers)
-                valid = targets.valid.to(device)
-                loss = s1.lambda_attn * objective(s.float(), targets.t.to(device),
-                                                  targets.weight.to(device))
-                if layers:
-                    per_layer = [block_mse(grids[name].float(), targets.layers[name].to(device),
-                                           valid, cohort.r) for name in layers]
-                    loss = loss + s1.lambda_layer * torch.stack(per_layer).mean(0)
-                _step(loss.mean(), params, s1, optimizer, schedule)
+            with closing(dataset):  # read_workers=0: the handles are opened in this process
+                for patches, idx in loader:
+                    if not objective.takes(len(idx)):
+                        continue
+                    targets = group.batch(idx.numpy())
+                    with autocast(device):
+                        s, grids, _ = encoder.forward_features(
+                            encoder.preprocess(patches.to(device)), layers)
+                    valid = targets.valid.to(device)
+                    loss = s1.lambda_attn * objective(s.float(), targets.t.to(device),
+                                                      targets.weight.to(device))
+                    if layers:
+                        per_layer = [block_mse(grids[name].float(),
+                                               targets.layers[name].to(device), valid, cohort.r)
+                                     for name in layers]
+                        loss = loss + s1.lambda_layer * torch.stack(per_layer).mean(0)
+                    _step(loss.mean(), params, s1, optimizer, schedule)
     model.eval()
     save_module(model, out.stage1_model("encoder"),
                 {"encoder": encoder.name, "layers": layers, "seed": cohort.encoder_seed})
@@ -491,8 +498,9 @@ def _encoder(cohort: Cohort, train_names: list[str], cfg: DistillConfig, out: Fo
 
     def embed() -> Iterator[tuple[str, np.ndarray]]:
         for name in cohort.names:
-            dataset = _patches(geo, name, cohort.store.read(cohort.lr_coords(name)))
-            yield name, encode_dataset(dataset, encoder, batch_size=s1.batch_patches,
+            with closing(_patches(geo, name, cohort.store.read(cohort.lr_coords(name)))) as ds:
+                feats = encode_dataset(ds, encoder, batch_size=s1.batch_patches,
                                        workers=s1.read_workers, device=device)[0]
+            yield name, feats
 
     _write_features(cohort, out, embed())
