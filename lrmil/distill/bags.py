@@ -62,7 +62,7 @@ class BagSet:
 
 
 def _plain(name: str, label: int, values: list[np.ndarray]) -> Bag:
-    return Bag(name, as_float(values[0]), label)
+    return Bag(name, torch.from_numpy(values[0]), label)  # as stored: `pack` widens it
 
 
 def feature_bags(cohort: Cohort, names: list[str], key: Callable[[str], ArrayKey]) -> BagSet:

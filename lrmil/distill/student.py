@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from lrmil.data.store import ArrayKey
-from lrmil.distill.bags import BagSet, as_float, feature_bags
+from lrmil.distill.bags import BagSet, feature_bags
 from lrmil.distill.cohort import Cohort
 from lrmil.distill.config import DistillConfig, StudentConfig
 from lrmil.distill.layout import FoldLayout
@@ -74,7 +74,7 @@ def student_bags(cohort: Cohort, names: list[str], features: Callable[[str], Arr
     def make(name: str, label: int, values: list[np.ndarray]) -> StudentBag:
         x, logits, hr_attn, parent = values
         g = map_attention(torch.from_numpy(hr_attn), torch.from_numpy(parent), len(x), attn_map)
-        return StudentBag(name, as_float(x), label, torch.from_numpy(logits), g)
+        return StudentBag(name, torch.from_numpy(x), label, torch.from_numpy(logits), g)
 
     return BagSet(cohort.store, list(names), [cohort.slides[n].label for n in names], keys, make,
                   collate_students)

@@ -44,7 +44,7 @@ def write_teacher_outputs(model: GatedABMIL, cohort: Cohort, path: Path,
     model.eval()
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
         for bag in hr_bags(cohort, [*cohort.names, *cohort.unlabelled_names]).bags():
-            x = bag.features.to(device)
+            x = bag.features.to(device, torch.float32)
             offsets = torch.tensor([0, x.shape[0]], device=device)
             with autocast(device):
                 out = model(x, offsets)

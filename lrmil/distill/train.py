@@ -48,8 +48,10 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 @torch.no_grad()
 def predict(model: GatedABMIL, bags: BagSet, device: torch.device,
-            batch_bags: int = 8) -> tuple[np.ndarray, list[torch.Tensor]]:
-    """Class logits (N, C) and each bag's attention logits, in the order of `bags`."""
+            batch_bags: int) -> tuple[np.ndarray, list[torch.Tensor]]:
+    """Class logits (N, C) and each bag's attention logits, in the order of `bags`, packed
+    `batch_bags` at a time: the training batch's size, so that predicting never needs more
+    memory than a training step (bench/results/memory.md)."""
     model.eval()
     logits, attn = [], []
     for batch in bags.batches(batch_bags):
@@ -157,7 +159,7 @@ def fit_and_save(build: Callable[[], GatedABMIL], train: BagSet, val: BagSet, te
     result = train_mil(model, train, val, cfg, device, seed, loss_fn=loss_fn, progress=progress,
                        standardize=standardize)
     if len(test):
-        logits, _ = predict(model, test, device)
+        logits, _ = predict(model, test, device, cfg.batch_bags)
         write_predictions(predictions, test.names, test.labels, logits, class_names)
     if before_save is not None:
         before_save(model)

@@ -15,7 +15,7 @@ class Bag:
     """One slide: its instance features and label."""
 
     name: str
-    features: torch.Tensor  # (N, D)
+    features: torch.Tensor  # (N, D) as stored (float16 or float32): `pack` widens them
     label: int
 
 
@@ -35,9 +35,15 @@ class Batch:
 
 
 def pack(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate bags along dim 0 and return them with their offsets (B+1,) int64."""
+    """Concatenate bags along dim 0, at least float32, and return them with their offsets
+    (B+1,) int64. float16 bags (features as stored) are widened while they are copied in: a
+    batch costs one float32 copy, not one per bag plus the packed one."""
     lengths = torch.tensor([0] + [t.shape[0] for t in tensors], dtype=torch.int64)
-    return torch.cat(list(tensors)), torch.cumsum(lengths, 0)
+    offsets = torch.cumsum(lengths, 0)
+    first = tensors[0]
+    x = torch.empty((int(offsets[-1]), *first.shape[1:]), device=first.device,
+                    dtype=torch.promote_types(first.dtype, torch.float32))
+    return torch.cat(list(tensors), out=x), offsets
 
 
 def collate(bags: Sequence[Bag]) -> Batch:

@@ -90,7 +90,9 @@ class GatedABMIL(nn.Module):
         self.in_std.copy_(stats.std.clamp_min(1e-6))
 
     def forward(self, x: torch.Tensor, offsets: torch.Tensor) -> MILOutput:
-        x = (x - self.in_mean) / self.in_std
+        # In place on the fresh difference: one full-size temporary, not two (the same values;
+        # autograd needs neither).
+        x = (x - self.in_mean).div_(self.in_std)
         h = self.dropout(self.project(x))
         pooled, attn, attn_logits = self.pool(h, offsets)
         logits = self.classifier(pooled)

@@ -26,7 +26,7 @@ def test_training_reduces_the_loss_and_learns_an_easy_signal(tmp_path):
     result = train_mil(model, train, val, cfg, torch.device("cpu"), seed=0)
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < 0.5 * losses[0]
-    logits, attn = predict(model, test, torch.device("cpu"))
+    logits, attn = predict(model, test, torch.device("cpu"), 2)
     assert auc(np.array(test.labels), logits) >= 0.95
     assert [len(a) for a in attn] == [cohort.slides[n].n_hr for n in test.names]
 
