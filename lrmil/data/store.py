@@ -15,6 +15,11 @@ ahead by `workers` DataLoader processes (`prefetch` items each). What an item re
 cache is pinned until it is yielded, so reading ahead never evicts what is about to be used and
 the cache never grows past its budget.
 
+The reader processes are started once, by the store's first stream, and serve every later one
+(`close()` ends them). A worker forked per stream would be forked from a process holding a
+training batch, and keep that batch's pages alive after the parent freed them: two such
+workers were 300 MB of a 160-slide run's 830 MB (bench/results/memory.md).
+
 A store also fixes glibc's mmap threshold (`release_freed_arrays`): without it a run's RSS grew
 with the number of slides it had streamed (bench/results/memory.md).
 """
@@ -33,7 +38,7 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lrmil.data.features import attr_value
 from lrmil.errors import FileFormatError, LrmilError
@@ -136,20 +141,31 @@ class _Failure:
         self.error = error
 
 
-class _Reads(Dataset):
-    """Item i: the arrays of `items[i]`, read in a DataLoader worker."""
+Request = tuple[list[ArrayKey], dict[str, FileIdentity]]  # the keys of an item, their files
 
-    def __init__(self, items: list[list[ArrayKey]], identities: dict[str, FileIdentity]) -> None:
-        self.items, self.identities = items, identities
+
+class _Reads(Dataset):
+    """`reads[request]`: the arrays of one item, read in a reader process."""
+
+    def __getitem__(self, request: Request) -> list[np.ndarray] | _Failure:
+        keys, identities = request
+        try:
+            return [read_array(key, identities[key[0]]) for key in keys]
+        except LrmilError as exc:
+            return _Failure(exc)
+
+
+class _Requests(Sampler):
+    """The items the readers read next: the current stream's, set before it starts."""
+
+    def __init__(self) -> None:
+        self.items: list[Request] = []
+
+    def __iter__(self) -> Iterator[Request]:
+        return iter(self.items)
 
     def __len__(self) -> int:
         return len(self.items)
-
-    def __getitem__(self, i: int) -> list[np.ndarray] | _Failure:
-        try:
-            return [read_array(key, self.identities[key[0]]) for key in self.items[i]]
-        except LrmilError as exc:
-            return _Failure(exc)
 
 
 def _as_numpy(value: Any) -> np.ndarray:
@@ -173,6 +189,19 @@ class FeatureStore:
         self._pins: Counter[ArrayKey] = Counter()
         self.cached_bytes = 0
         self.reads = 0  # arrays read from disk (tests, benchmarks)
+        self._requests = _Requests()
+        self._readers: DataLoader | None = None  # started by the first stream (module doc)
+        self._streaming = False  # the readers serve one stream at a time
+
+    def close(self) -> None:
+        """End the reader processes (a later stream starts them again)."""
+        self._readers = None  # its iterator's finaliser shuts the workers down
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def identity(self, path: str | Path) -> FileIdentity:
         """The file's identity, recorded at its first use by this store."""
@@ -227,13 +256,17 @@ class FeatureStore:
         for keys in to_read:
             for path, _ in keys:
                 self.identity(path)
-        reads = _Reads(to_read, {p: self._identities[p] for keys in to_read for p, _ in keys})
+        requests = [(keys, {p: self._identities[p] for p, _ in keys}) for keys in to_read]
+        # A stream started inside another (its consumer reading something else meanwhile)
+        # reads in this process: the readers serve the outer one.
+        use_readers = bool(to_read) and workers > 0 and not self._streaming
         loader: Iterator[list[np.ndarray] | _Failure]
-        if to_read and workers > 0:
-            loader = iter(DataLoader(reads, batch_size=None, num_workers=min(workers, len(to_read)),
-                                     prefetch_factor=self.prefetch))
+        if use_readers:
+            self._streaming = True
+            loader = self._read_ahead(requests, workers)
         else:  # read in this process, one item at a time as they are needed
-            loader = (reads[i] for i in range(len(reads)))
+            reads = _Reads()
+            loader = (reads[request] for request in requests)
         done = 0  # items before this one have released their pins
         try:
             for i, (keys, need) in enumerate(zip(items, missing, strict=True)):
@@ -251,10 +284,26 @@ class FeatureStore:
                 for key, value in fresh.items():
                     self._insert(key, value)
                 yield arrays
+        except Exception:
+            if use_readers:
+                self.close()  # a reader that died leaves the loader unusable: start afresh
+            raise
         finally:
             for keys, need in zip(items[done:], missing[done:], strict=True):
                 self._release(keys, need)
-            del loader
+            if use_readers:
+                self._streaming = False
+
+    def _read_ahead(self, requests: list[Request], workers: int
+                    ) -> Iterator[list[np.ndarray] | _Failure]:
+        """The requests read by the reader processes, in order (started here the first time;
+        a store asked for another number of workers restarts them)."""
+        if self._readers is None or self._readers.num_workers != workers:
+            self._readers = DataLoader(_Reads(), batch_size=None, sampler=self._requests,
+                                       num_workers=workers, prefetch_factor=self.prefetch,
+                                       persistent_workers=True)
+        self._requests.items = requests
+        return iter(self._readers)
 
     def _hit(self, key: ArrayKey) -> np.ndarray:
         _check_identity(key[0], self._identities[key[0]])

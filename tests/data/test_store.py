@@ -1,4 +1,5 @@
 import os
+import time
 
 import h5py
 import numpy as np
@@ -135,3 +136,41 @@ def test_freed_slide_arrays_return_to_the_os():
     freed = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                check=True).stdout)
     assert freed >= 4 << 20
+
+
+def _reader_pids() -> set[int]:
+    import multiprocessing
+
+    return {p.pid for p in multiprocessing.active_children()}
+
+
+def test_reader_processes_start_once_and_serve_every_stream(files):
+    """Forked once (module doc: a worker forked per stream keeps the parent's batch alive)."""
+    store = FeatureStore(cache_bytes=0, workers=2)
+    before = _reader_pids()
+    assert [a[0][0, 0] for a in store.stream([[key(p)] for p in files])] == [0, 1, 2, 3]
+    readers = _reader_pids() - before
+    assert len(readers) == 2
+    for order in ([3, 1], [2, 0, 1]):
+        got = [a[0][0, 0] for a in store.stream([[key(files[i])] for i in order])]
+        assert got == order and _reader_pids() - before == readers
+    store.close()
+    import gc
+
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while _reader_pids() & readers and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _reader_pids() & readers
+
+
+def test_a_stream_left_early_or_nested_reads_the_right_arrays(files):
+    store = FeatureStore(cache_bytes=0, workers=2)
+    first = store.stream([[key(p)] for p in files])
+    assert next(first)[0][0, 0] == 0
+    # Nested: the readers serve `first`; this one reads in the training process.
+    assert [a[0][0, 0] for a in store.stream([[key(files[3])], [key(files[2])]])] == [3, 2]
+    assert next(first)[0][0, 0] == 1
+    first.close()  # left with items read ahead: the next stream must not get them
+    assert [a[0][0, 0] for a in store.stream([[key(files[2])], [key(files[0])]])] == [2, 0]
+    store.close()
