@@ -167,11 +167,14 @@ def embed_slides(
     per slide, its magnifications together."""
     if mag not in MAGS:
         raise ConfigError(f"--mag must be one of {', '.join(MAGS)}, got {mag!r}")
-    if batch_size < 1 or workers < 0:
-        raise ConfigError(
-            f"batch size must be >= 1 and workers >= 0, got {batch_size} and {workers}"
-        )
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise ConfigError(f"--workers must be >= 0 (0: read in this process), got {workers}")
     out = check_out_path(out_dir)
+    if not Path(tiled_dir).is_dir():
+        raise FileFormatError(f"{tiled_dir}: no such folder (give the --out folder of `lrmil "
+                              "tile`)")
     coords_dir = Path(tiled_dir) / "coords"
     coords_files = sorted(coords_dir.glob("*.h5"))
     if not coords_files:

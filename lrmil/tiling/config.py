@@ -28,12 +28,12 @@ class TissueParams:
 
     def __post_init__(self) -> None:
         if not self.mask_mag > 0:
-            raise ConfigError(f"mask_mag must be > 0, got {self.mask_mag}")
+            raise ConfigError(f"tissue.mask_mag must be > 0, got {self.mask_mag}")
         if not 0 <= self.min_saturation <= 255:
-            raise ConfigError(f"min_saturation must be in 0..255, got {self.min_saturation}")
+            raise ConfigError(f"tissue.min_saturation must be in 0..255, got {self.min_saturation}")
         for name in ("close_um", "open_um", "min_tissue_mm2", "max_hole_mm2"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+            if not getattr(self, name) >= 0:  # NaN too
+                raise ConfigError(f"tissue.{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,16 +76,26 @@ class TilingConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "tiling config") -> TilingConfig:
+        """Settings by name (tissue-mask ones under `tissue`), each refused naming `source`
+        and the setting if it is unknown or of the wrong type."""
         values = dict(values)
         tissue = values.pop("tissue", None) or {}
-        for given, allowed in ((values, fields(cls)), (tissue, fields(TissueParams))):
-            unknown = set(given) - {f.name for f in allowed}
+        if not isinstance(tissue, dict):
+            raise ConfigError(f"{source}: tissue must be a mapping of tissue-mask settings "
+                              f"(tissue.mask_mag ...), got {tissue!r}")
+        for given, allowed, prefix in ((values, cls, ""), (tissue, TissueParams, "tissue.")):
+            types = {f.name: f.type for f in fields(allowed) if f.name != "tissue"}
+            unknown = sorted(set(given) - set(types))
             if unknown:
-                raise ConfigError(f"{source}: unknown setting(s) {', '.join(sorted(unknown))}")
-        try:
-            return cls(**values, tissue=TissueParams(**tissue))
-        except TypeError as exc:  # e.g. a string where a number belongs
-            raise ConfigError(f"{source}: a setting has the wrong type ({exc})") from None
+                raise ConfigError(f"{source}: unknown setting(s) "
+                                  f"{', '.join(prefix + name for name in unknown)}; known: "
+                                  f"{', '.join(prefix + name for name in types)}")
+            for name, value in given.items():
+                number = isinstance(value, int if types[name] == "int" else (int, float))
+                if not number or isinstance(value, bool):
+                    kind = "an integer" if types[name] == "int" else "a number"
+                    raise ConfigError(f"{source}: {prefix}{name} must be {kind}, got {value!r}")
+        return cls(**values, tissue=TissueParams(**tissue))
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -122,33 +122,43 @@ def read_coords(path: str | Path) -> TiledSlide:
     if not path.is_file():
         raise FileFormatError(f"{path}: no such coords file")
     try:
-        with h5py.File(path, "r") as f:
-            root, lr, hr = dict(f.attrs), f["coords"], f["hr"]
-            return TiledSlide(
-                name=str(lr.attrs["name"]),
-                slide_path=str(root["slide_path"]),
-                slide_size=int(root["slide_size"]),
-                slide_mtime=float(root["slide_mtime"]),
-                slide_dimensions=tuple(int(v) for v in root["slide_dimensions"]),
-                coords=lr[()].astype(np.int64),
-                tissue=f["tissue"][()],
-                hr_coords=hr["coords"][()].astype(np.int64),
-                hr_valid=hr["valid"][()].astype(bool),
-                patch_size=int(lr.attrs["patch_size"]),
-                lr_patch_size_level0=int(lr.attrs["patch_size_level0"]),
-                hr_patch_size_level0=int(hr["coords"].attrs["patch_size_level0"]),
-                lr_mag=float(lr.attrs["target_magnification"]),
-                hr_mag=float(hr["coords"].attrs["target_magnification"]),
-                r=int(root["r"]),
-                level0_mag=float(lr.attrs["level0_magnification"]),
-                level0_mpp=float(lr.attrs["level0_mpp"]),
-                config=TilingConfig.from_dict(json.loads(root["tiling_config"])),
-            )
+        tiled = _read(path)
     except (OSError, KeyError, ValueError, TypeError) as exc:
         foreign = foreign_coords(path)
         if foreign:
             raise FileFormatError(f"{path}: {foreign}") from None
         raise FileFormatError(f"{path}: not a complete lrmil coords file ({exc})") from None
+    if tiled.name != path.stem:
+        # Outputs are named by the coords file: another slide's grid would be its features.
+        raise FileFormatError(f"coords file {path} holds the grid of slide {tiled.name!r} "
+                              f"({tiled.slide_path}), not of {path.stem!r}: coords files are "
+                              "named <slide>.h5; run `lrmil tile` on the slide again")
+    return tiled
+
+
+def _read(path: Path) -> TiledSlide:
+    with h5py.File(path, "r") as f:
+        root, lr, hr = dict(f.attrs), f["coords"], f["hr"]
+        return TiledSlide(
+            name=str(lr.attrs["name"]),
+            slide_path=str(root["slide_path"]),
+            slide_size=int(root["slide_size"]),
+            slide_mtime=float(root["slide_mtime"]),
+            slide_dimensions=tuple(int(v) for v in root["slide_dimensions"]),
+            coords=lr[()].astype(np.int64),
+            tissue=f["tissue"][()],
+            hr_coords=hr["coords"][()].astype(np.int64),
+            hr_valid=hr["valid"][()].astype(bool),
+            patch_size=int(lr.attrs["patch_size"]),
+            lr_patch_size_level0=int(lr.attrs["patch_size_level0"]),
+            hr_patch_size_level0=int(hr["coords"].attrs["patch_size_level0"]),
+            lr_mag=float(lr.attrs["target_magnification"]),
+            hr_mag=float(hr["coords"].attrs["target_magnification"]),
+            r=int(root["r"]),
+            level0_mag=float(lr.attrs["level0_magnification"]),
+            level0_mpp=float(lr.attrs["level0_mpp"]),
+            config=TilingConfig.from_dict(json.loads(root["tiling_config"])),
+        )
 
 
 def foreign_coords(path: Path) -> str | None:

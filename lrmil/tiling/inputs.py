@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lrmil.errors import ConfigError
 from lrmil.runner.identity import resolve
 from lrmil.utils.csvfile import read_csv
-from lrmil.wsi import SLIDE_EXTENSIONS, slide_name
+from lrmil.wsi import SLIDE_EXTENSIONS, MppOverride, slide_name
 
 
 @dataclass
@@ -72,10 +72,12 @@ def _from_folder(folder: Path, recursive: bool, notes: list[str]) -> list[Path]:
 
 
 def collect_slides(inputs: Sequence[str | os.PathLike[str]], *,
-                   recursive: bool = False) -> SlideList:
+                   recursive: bool = False, mpp: MppOverride = None) -> SlideList:
     """Expand inputs in order, without duplicates (judged on resolved paths). Plain paths are
     kept even if missing: a missing slide fails on its own and the others go on. Folders give
-    their slide files, and with `recursive` those of their subfolders too (the GDC layout)."""
+    their slide files, and with `recursive` those of their subfolders too (the GDC layout).
+    `mpp` as read from --mpp-csv: its rows that name none of the slides get a note (a typo
+    there would leave a slide on its metadata's mpp without a word)."""
     slides: list[Path] = []
     notes: list[str] = []
     for item in inputs:
@@ -103,4 +105,10 @@ def collect_slides(inputs: Sequence[str | os.PathLike[str]], *,
                 f"two slides share the name {slide_name(path)!r} ({other} and {path}); "
                 "outputs are named by slide, so rename one"
             )
+    if isinstance(mpp, Mapping):
+        unused = sorted(set(mpp) - set(by_name))
+        if unused:
+            notes.append(f"--mpp-csv: {len(unused)} row(s) name no slide given here: "
+                         f"{', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''} (a slide's "
+                         "name is its file name without the extension)")
     return SlideList(unique, notes)

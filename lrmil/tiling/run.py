@@ -153,7 +153,7 @@ def tile_slides(
     (see `lrmil.tiling.foreign`); a slide whose file is missing or does not match fails.
     See `lrmil.runner.run_slides` for claims, ranks and the records."""
     config = config or TilingConfig()
-    listing = collect_slides(slides, recursive=recursive)
+    listing = collect_slides(slides, recursive=recursive, mpp=mpp)
     Ranks.from_env(shard)  # a bad --shard is refused before anything is written
     grids = None if lr_grid is None else Path(lr_grid)
     if grids is not None and not grids.is_dir():

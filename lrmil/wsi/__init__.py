@@ -2,7 +2,13 @@
 magnification from the best pyramid level."""
 
 from lrmil.wsi.backends import IMAGE_EXTENSIONS
-from lrmil.wsi.mpp import MppOverride, load_mpp_csv, override_for, slide_name
+from lrmil.wsi.mpp import (
+    MppOverride,
+    load_mpp_csv,
+    override_for,
+    slide_name,
+    slide_name_in_csv,
+)
 from lrmil.wsi.slide import Slide, open_slide
 
 # File extensions taken as slides when a folder is given.
@@ -27,4 +33,5 @@ __all__ = [
     "open_slide",
     "override_for",
     "slide_name",
+    "slide_name_in_csv",
 ]

@@ -138,6 +138,13 @@ def open_backend(path: Path) -> Backend:
         raise SlideError(f"{path}: no such file")
     if not path.is_file():
         raise SlideError(f"{path}: not a file")
+    try:  # the readers would call an unreadable or empty file "not a slide format"
+        with open(path, "rb") as f:
+            empty = not f.read(1)
+    except OSError as exc:
+        raise SlideError(f"{path}: cannot read the file ({exc.strerror})") from None
+    if empty:
+        raise SlideError(f"{path}: the file is empty (0 bytes); copy or download it again")
     suffix = path.suffix.lower()
     if suffix in IMAGE_EXTENSIONS:
         return ImageBackend(path)

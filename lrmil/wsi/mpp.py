@@ -23,24 +23,40 @@ def check_mpp(value: float, source: str) -> float:
 
 
 def load_mpp_csv(path: str | Path) -> dict[str, float]:
-    """Read a CSV with columns `slide,mpp` into {slide name (file stem): mpp}. The slide column
-    may hold names, file names or paths."""
+    """Read a CSV with columns `slide,mpp` into {slide name: mpp}. The slide column may hold
+    names, file names or paths (see `slide_name_in_csv`); a slide given twice is refused."""
     records = read_csv(path, "mpp CSV", ("slide", "mpp")).records()
     if not records:
         raise ConfigError(f"{path}: an mpp CSV needs the columns `slide,mpp` and at least one row")
     table: dict[str, float] = {}
+    lines: dict[str, int] = {}
     for line, row in records:
         try:
             value = float(row["mpp"].replace(",", "."))  # a decimal comma (`;` CSVs)
         except (TypeError, ValueError):
             raise ConfigError(f"{path}, line {line}: mpp {row['mpp']!r} is not a number") from None
-        table[slide_name(row["slide"])] = check_mpp(value, f"{path}, line {line}")
+        name = slide_name_in_csv(row["slide"])
+        if name in lines:
+            raise ConfigError(f"{path}, line {line}: slide {name!r} is given already on line "
+                              f"{lines[name]}")
+        lines[name] = line
+        table[name] = check_mpp(value, f"{path}, line {line}")
     return table
 
 
 def slide_name(path: str | Path) -> str:
     """The name a slide goes by in outputs and CSVs: its file name without the extension."""
     return Path(str(path).strip()).stem
+
+
+def slide_name_in_csv(entry: str) -> str:
+    """The slide a CSV cell (labels, mpp) names: a path or file name loses its folder and its
+    slide-file extension; a bare name is kept whole (TCGA's names hold dots: 'TCGA-...-DX1.8F9C',
+    whose stem would be 'TCGA-...-DX1')."""
+    from lrmil.wsi import SLIDE_EXTENSIONS  # the package imports this module first
+
+    path = Path(entry.strip())
+    return path.stem if path.suffix.lower() in SLIDE_EXTENSIONS else path.name
 
 
 def override_for(path: str | Path, override: MppOverride) -> float | None:

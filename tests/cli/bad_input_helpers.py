@@ -75,3 +75,34 @@ def no_partial_files(folder: Path) -> None:
     """No temporary or half-written file below `folder`."""
     left = [f for f in files_under(folder) if ".tmp" in f or f.startswith(".write-test")]
     assert not left, left
+
+
+def disk_full(monkeypatch, *names: str) -> None:
+    """Every atomic write (lrmil.utils.atomic) of a file whose name is one of `names` fails as
+    on a full disk (ENOSPC); the others go through."""
+    import errno
+
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst).name in names:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def unreadable(monkeypatch, path: Path) -> None:
+    """`path` cannot be opened, as after `chmod 000` for a user other than root (the tests may
+    run as root, who reads it anyway): lrmil.wsi's first read of a slide gets EACCES."""
+    import builtins
+    import errno
+
+    from lrmil.wsi import backends
+
+    def guarded(file, *args, **kwargs):
+        if Path(file).resolve() == path.resolve():
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr(backends, "open", guarded, raising=False)

@@ -3,8 +3,8 @@ others finish), a non-zero exit, no traceback, nothing half-written."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
+import sys
 from pathlib import Path
 
 import h5py
@@ -15,6 +15,7 @@ from bad_input_helpers import (
     assert_one_failure,
     assert_one_line,
     assert_usage_error,
+    disk_full,
     files_under,
     invoke,
     no_partial_files,
@@ -74,6 +75,17 @@ def _nan_weights(path: Path) -> Path:
     return path
 
 
+def _other_architecture(path: Path) -> Path:
+    """lrmil-vit-tiny's weights, given to lrmil-cnn."""
+    from safetensors.torch import save_file
+
+    from lrmil.encoders import build
+
+    save_file({k: v.contiguous() for k, v in build("lrmil-vit-tiny").model.state_dict().items()},
+              str(path))
+    return path
+
+
 def _state_dict_file(path: Path) -> Path:
     torch.save({"not": "tensors"}, path)
     return path
@@ -105,12 +117,19 @@ UP_FRONT = {
                                                [tmp / "w.pt", "no state dict of tensors"]),
     "device gpu": lambda tmp, t: (t, ["--device", "gpu"],
                                   ["--device must be auto, cpu, cuda or cuda:N, got 'gpu'"]),
-    "batch size zero": lambda tmp, t: (t, ["--batch-size", 0], ["batch size must be >= 1"]),
+    "batch size zero": lambda tmp, t: (t, ["--batch-size", 0], ["--batch-size must be >= 1"]),
     "unknown layer": lambda tmp, t: (t, ["--mag", "both", "--layers", "block99"],
                                      ["has no layer block99"]),
     "model argument for a built-in": lambda tmp, t: (t, ["--encoder-arg", "depth=3"],
                                                      ["takes no model arguments"]),
     "shard out of range": lambda tmp, t: (t, ["--shard", "5/2"], ["--shard"]),
+    "workers negative": lambda tmp, t: (t, ["--workers", -1], ["--workers must be >= 0", "got -1"]),
+    "tiled folder missing": lambda tmp, t: (tmp / "nope", [], [tmp / "nope", "no such folder",
+                                                               "lrmil tile"]),
+    "tiled folder is a file": lambda tmp, t: (_write(tmp / "afile", "x"), [],
+                                              [tmp / "afile", "no such folder"]),
+    "weights of another architecture": lambda tmp, t: (
+        t, ["--weights", _other_architecture(tmp / "w.safetensors")], [tmp / "w.safetensors"]),
 }
 
 
@@ -135,10 +154,12 @@ def test_cuda_without_cuda_is_one_line(tmp_path, tiled):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None,
-                    reason="torchvision is installed")
-def test_missing_torchvision_names_the_package(tmp_path, tiled):
-    line = assert_one_line(_embed(tiled, tmp_path / "out", "--encoder", "torchvision:resnet18"),
+def test_missing_torchvision_names_the_package(tmp_path, tiled, monkeypatch):
+    """Where torchvision does not import (here it is installed: hidden from `import`)."""
+    for module in ("torchvision", "torchvision.models"):
+        monkeypatch.setitem(sys.modules, module, None)  # `import torchvision` now fails
+    line = assert_one_line(_embed(tiled, tmp_path / "out", "--encoder", "torchvision:resnet18",
+                                  "--random-init"),
                            "needs the 'torchvision' package", "pip install torchvision,")
     assert "torchvision.models)" not in line
 
@@ -163,8 +184,16 @@ def _not_lrmil_coords(tiled: Path, tmp: Path) -> Path:
     return path
 
 
+def _another_slides_coords(tiled: Path, tmp: Path) -> Path:
+    """good_a's coords file copied over good_b's: its features would be good_a's under good_b's
+    name."""
+    shutil.copy(tiled / "coords" / "good_a.h5", tiled / "coords" / "good_b.h5")
+    return tiled / "coords" / "good_b.h5"
+
+
 # One bad slide among good ones: (case, make(tiled, tmp) -> the file named, what it says).
 PER_SLIDE = {
+    "coords file of another slide": (_another_slides_coords, "holds the grid of slide 'good_a'"),
     "slide moved since tiling": (_slide_gone, "good_b"),
     "corrupt coords file": (_corrupt_coords, "good_b.h5"),
     "coords file without its HR grid": (_not_lrmil_coords, "good_b.h5"),
@@ -180,6 +209,16 @@ def test_one_bad_slide_the_others_finish(case, tmp_path, tiled):
     assert_one_failure(result, says, named.name)
     out = tmp_path / "out"
     assert (out / "lr" / "good_a.h5").is_file() and not (out / "lr" / "good_b.h5").exists()
+    assert "good_b" in (out / "errors.csv").read_text()
+    no_partial_files(out)
+
+
+def test_a_full_disk_fails_that_slide_and_leaves_no_partial_file(tmp_path, tiled, monkeypatch):
+    disk_full(monkeypatch, "good_b.h5")
+    result = _embed(tiled, tmp_path / "out")
+    assert_one_failure(result, "good_b.h5", "No space left on device")
+    out = tmp_path / "out"
+    assert [p.name for p in (out / "lr").iterdir()] == ["good_a.h5"]
     assert "good_b" in (out / "errors.csv").read_text()
     no_partial_files(out)
 

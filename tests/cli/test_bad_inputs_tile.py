@@ -8,12 +8,16 @@ from pathlib import Path
 
 import pytest
 from bad_input_helpers import (
+    assert_handled,
     assert_one_failure,
     assert_one_line,
     assert_usage_error,
+    disk_full,
     files_under,
     invoke,
+    lines_of,
     no_partial_files,
+    unreadable,
 )
 from PIL import Image
 
@@ -85,6 +89,30 @@ UP_FRONT = {
     "lr grid folder missing": lambda tmp, s: (
         [s, "--out", tmp / "out", "--lr-grid", tmp / "patches"],
         ["--lr-grid", tmp / "patches", "no such folder"]),
+    "config with a word for a number": lambda tmp, s: (
+        [s, "--out", tmp / "out", "--config", _write(tmp / "t.yaml", "patch_size: big\n")],
+        [tmp / "t.yaml", "patch_size must be an integer, got 'big'"]),
+    "config whose tissue section is a number": lambda tmp, s: (
+        [s, "--out", tmp / "out", "--config", _write(tmp / "t.yaml", "tissue: 5\n")],
+        [tmp / "t.yaml", "tissue must be a mapping"]),
+    "config with a mistyped tissue setting": lambda tmp, s: (
+        [s, "--out", tmp / "out", "--config", _write(tmp / "t.yaml", "tissue:\n  blurr: 3\n")],
+        [tmp / "t.yaml", "unknown setting(s) tissue.blurr", "tissue.close_um"]),
+    "config with a NaN tissue setting": lambda tmp, s: (
+        [s, "--out", tmp / "out", "--config",
+         _write(tmp / "t.yaml", "tissue:\n  close_um: .nan\n")],
+        ["tissue.close_um must be >= 0, got nan"]),
+    "mpp CSV naming a slide twice": lambda tmp, s: (
+        [s, "--out", tmp / "out", "--mpp-csv",
+         _write(tmp / "mpp.csv", "slide,mpp\ngood_a,0.5\ngood_a.svs,0.25\n")],
+        [tmp / "mpp.csv", "line 3", "'good_a' is given already on line 2"]),
+    "slide list CSV that is empty": lambda tmp, s: (
+        [_write(tmp / "list.csv", ""), "--out", tmp / "out"], [tmp / "list.csv", "is empty"]),
+    "a folder without slides": lambda tmp, s: (
+        [(tmp / "none").mkdir() or tmp / "none", "--out", tmp / "out"],
+        [tmp / "none", "holds no slide files"]),
+    "a glob matching nothing": lambda tmp, s: (
+        [f"{s}/*.ndpi", "--out", tmp / "out"], ["*.ndpi", "matches no files"]),
 }
 
 
@@ -119,9 +147,14 @@ def _scanned_at_10x(folder: Path) -> Path:
     return path
 
 
+def _empty(folder: Path) -> Path:
+    return _write(folder / "bad.svs", b"")
+
+
 # One bad slide among good ones: (case, make(folder) -> bad slide, what its line says).
 PER_SLIDE = {
     "truncated slide": (_truncated, "looks truncated"),
+    "empty slide file": (_empty, "the file is empty (0 bytes)"),
     "not a slide": (_not_a_slide, "not a slide format OpenSlide can read"),
     "no resolution": (_no_resolution, "--mpp"),
     "scanned below --hr-mag": (_scanned_at_10x, "20x"),
@@ -214,6 +247,37 @@ def test_a_bad_lr_grid_fails_its_slide_and_the_others_finish(case, tmp_path, sli
     no_partial_files(out)
 
 
+def test_an_unreadable_slide_is_named_and_the_others_finish(tmp_path, slides, monkeypatch):
+    """chmod 000 (for a user other than root): it was 'not a slide format OpenSlide can read'."""
+    bad = shutil.copy(slides / "good_b.svs", slides / "bad.svs")
+    unreadable(monkeypatch, Path(bad))
+    result = _tile(slides, "--out", tmp_path / "out")
+    assert_one_failure(result, bad, "cannot read the file (Permission denied)")
+    assert len(list((tmp_path / "out" / "coords").glob("*.h5"))) == 2
+    no_partial_files(tmp_path / "out")
+
+
+def test_a_full_disk_fails_that_slide_and_leaves_no_partial_file(tmp_path, slides, monkeypatch):
+    disk_full(monkeypatch, "good_b.h5")
+    result = _tile(slides, "--out", tmp_path / "out")
+    assert_one_failure(result, "good_b.h5", "No space left on device")
+    assert [p.name for p in (tmp_path / "out" / "coords").iterdir()] == ["good_a.h5"]
+    assert "good_b" in (tmp_path / "out" / "errors.csv").read_text()
+    no_partial_files(tmp_path / "out")
+
+
+def test_a_full_disk_for_the_records_is_one_line(tmp_path, slides, monkeypatch):
+    """After the slides (their progress bar above it): one error line naming the file."""
+    disk_full(monkeypatch, "errors.csv")
+    result = _tile(slides, "--out", tmp_path / "out")
+    assert_handled(result)
+    errors = [line for line in lines_of(result) if line.startswith("error:")]
+    assert errors == [f"error: [Errno 28] No space left on device: "
+                      f"'{tmp_path / 'out' / 'errors.csv'}'"], result.output
+    assert len(list((tmp_path / "out" / "coords").glob("*.h5"))) == 2
+    no_partial_files(tmp_path / "out")
+
+
 def test_a_missing_slide_is_named_and_the_others_finish(tmp_path, slides):
     missing = tmp_path / "elsewhere" / "gone.svs"
     result = _tile(slides / "good_a.svs", missing, "--out", tmp_path / "out")
@@ -235,6 +299,29 @@ def test_slides_only_in_subfolders_are_counted_and_recursive_takes_them(tmp_path
     assert len(list((tmp_path / "out" / "coords").glob("*.h5"))) == 2
 
 
+def test_spreadsheet_csvs_and_slide_names_with_dots(tmp_path, slides):
+    """A slide list and an mpp CSV saved by Excel ("CSV UTF-8": BOM, `;`, decimal commas); an
+    mpp row naming a TCGA-style slide by its bare name (dots in it: not an extension) is used,
+    one naming no slide given gets a note."""
+    dotted = slides / "TCGA-A1-01Z-DX1.8F9C.svs"
+    write_slide(dotted, 768, 512, seed=5, mpp=0.25)  # 40x, recorded; the CSV says the same
+    listing = _write(tmp_path / "list.csv", b"\xef\xbb\xbfslide;note\r\ngood_a.svs;x\r\n"
+                     + dotted.name.encode() + b";y\r\n")
+    shutil.copy(listing, slides / "list.csv")
+    mpp = _write(tmp_path / "mpp.csv", b"\xef\xbb\xbfslide;mpp\r\nTCGA-A1-01Z-DX1.8F9C;0,5\r\n"
+                 b"good_aa;0,5\r\n")
+    result = _tile(slides / "list.csv", "--out", tmp_path / "out", "--mpp-csv", mpp)
+    assert result.exit_code == 0, result.output
+    import h5py
+
+    with h5py.File(tmp_path / "out" / "coords" / "TCGA-A1-01Z-DX1.8F9C.h5") as f:
+        assert f["coords"].attrs["level0_mpp"] == 0.5  # the CSV's, not the metadata's 0.25
+    assert sorted(p.name for p in (tmp_path / "out" / "coords").iterdir()) == [
+        "TCGA-A1-01Z-DX1.8F9C.h5", "good_a.h5"]
+    notes = [line for line in lines_of(result) if "--mpp-csv" in line]
+    assert len(notes) == 1 and "1 row(s) name no slide given here: good_aa" in notes[0], notes
+
+
 def test_debug_anywhere_shows_the_traceback(tmp_path, slides):
     from lrmil.errors import ConfigError
 
@@ -254,6 +341,10 @@ USAGE = {
                             ["--patch-size", "valid integer"]),
     "unknown command": (["tlie", "s.svs"], "", ["No such command 'tlie'", "'tile'"]),
     "unknown option before the command": (["--verbose", "tile"], "", ["--verbose"]),
+    "workers zero": (["tile", "s.svs", "--out", "o", "--workers", "0"], "tile",
+                     ["--workers", "greater than or equal to 1"]),
+    "workers negative": (["tile", "s.svs", "--out", "o", "--workers", "-2"], "tile",
+                         ["--workers", "greater than or equal to 1"]),
 }
 
 

@@ -81,7 +81,9 @@ def test_magnification_above_the_scan_is_refused(tmp_path):
     [
         ("missing.svs", None, "no such file"),
         ("text.svs", b"this is not a slide\n", "not a slide format"),
-        ("empty.png", b"", "cannot read the image"),
+        ("empty.png", b"", r"the file is empty \(0 bytes\)"),
+        ("empty.svs", b"", r"the file is empty \(0 bytes\)"),
+        ("broken.png", b"\x89PNG\r\n", "cannot read the image"),
     ],
 )
 def test_bad_files_name_the_file(tmp_path, name, content, message):
