@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from lrmil.cli._common import known_errors
 from lrmil.cli.main import app
+
+if TYPE_CHECKING:
+    from lrmil.export.tensorrt import ShapeRange
 
 
 class Format(str, Enum):
@@ -55,11 +58,10 @@ def export(
 
         from lrmil.export import export_run
         from lrmil.export.sidecar import read_sidecar
-        from lrmil.export.tensorrt import ShapeRange
 
         artifacts = export_run(
-            run, out, format.value, fp16, fold, ShapeRange(1, batch_opt, batch_max),
-            ShapeRange(1, bag_opt, bag_max), input_dtype, ensemble,
+            run, out, format.value, fp16, fold, _profile("batch", batch_opt, batch_max),
+            _profile("bag", bag_opt, bag_max), input_dtype, ensemble,
         )
         meta = read_sidecar(artifacts["mil"]).model
         table = Table(title=f"lrmil export of {meta.describe()} -> "
@@ -74,3 +76,14 @@ def export(
             table.add_row(path.name, f"{spec.name} {spec.dtype} {shape}", side.exporter,
                           f"{diff:.2e}")
         Console(stderr=True).print(table)
+
+
+def _profile(axis: str, opt: int, largest: int) -> ShapeRange:
+    """--AXIS-opt / --AXIS-max as a TensorRT profile, refused naming both options."""
+    from lrmil.errors import ConfigError
+    from lrmil.export.tensorrt import ShapeRange
+
+    if not 1 <= opt <= largest:
+        raise ConfigError(f"--{axis}-opt {opt} and --{axis}-max {largest} must satisfy "
+                          f"1 <= --{axis}-opt <= --{axis}-max")
+    return ShapeRange(1, opt, largest)

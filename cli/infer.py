@@ -90,8 +90,13 @@ def infer(
         runner = load_engine(engine.value, model, export_dir, fold, torch_device, ensemble)
         from lrmil.infer.evaluate import evaluate, read_held_out_labels, summary_line
 
-        truth = (read_held_out_labels(labels, runner.meta.class_names) if labels is not None
-                 else None)  # a bad labels CSV is refused before any slide is read
+        truth = None
+        if labels is not None:  # a bad labels CSV is refused before any slide is read
+            from lrmil.tiling.inputs import collect_slides
+            from lrmil.wsi import slide_name
+
+            given = [slide_name(p) for p in collect_slides(slides, recursive=recursive).paths]
+            truth = read_held_out_labels(labels, runner.meta.class_names, given)
         summary = infer_slides(
             slides, runner, out, mpp=override, batch_size=batch_size, workers=workers,
             overwrite=overwrite, thumbnail_side=thumbnail_side, top_k=top_k,

@@ -119,11 +119,14 @@ MIN_CLASS_SLIDES = 3
 
 def read_labels(path: Path) -> tuple[dict[str, str], dict[str, str]]:
     """`slide,label[,patient]` -> ({slide: label}, {slide: patient}); patient defaults to the
-    slide; an empty label ("") marks an unlabelled slide."""
+    slide; an empty label ("") marks an unlabelled slide. A slide may be given by its name or
+    its file name or path (`slide_name_in_csv`)."""
+    from lrmil.wsi import slide_name_in_csv
+
     table = read_csv(path, "labels CSV", ("slide", "label"))
     labels, patients = {}, {}
     for line, row in table.records():
-        slide, label = row["slide"], row["label"]
+        slide, label = slide_name_in_csv(row["slide"]), row["label"]
         if not slide:
             raise FileFormatError(f"labels CSV {path} line {line}: empty slide name")
         if slide in labels:

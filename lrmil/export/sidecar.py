@@ -119,7 +119,8 @@ def read_sidecar(artifact: Path) -> Sidecar:
                                   "calibration; re-run `lrmil export` (and `lrmil distill`, "
                                   "which resumes, for the final model and its calibration)")
         if found != SIDECAR_VERSION:
-            raise FileFormatError(f"{path}: sidecar version {found!r}, expected {SIDECAR_VERSION}")
+            raise FileFormatError(f"{path}: sidecar version {found!r}, this lrmil reads "
+                                  f"{SIDECAR_VERSION}: re-run `lrmil export` with this lrmil")
         data["inputs"] = [TensorSpec(**s) for s in data["inputs"]]
         data["outputs"] = [TensorSpec(**s) for s in data["outputs"]]
         data["model"] = ModelMeta(**data["model"])

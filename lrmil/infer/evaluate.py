@@ -16,16 +16,26 @@ from lrmil.errors import ConfigError, FileFormatError
 from lrmil.utils.atomic import atomic_write_text
 
 
-def read_held_out_labels(path: Path, class_names: list[str]) -> dict[str, int]:
+def read_held_out_labels(path: Path, class_names: list[str],
+                         slides: list[str] | None = None) -> dict[str, int]:
     """{slide: class index} from a `slide,label[,patient]` CSV, refusing a label the model
-    does not know (before anything is inferred)."""
+    does not know, and a CSV that labels none of `slides` (the names of the slides given), before
+    anything is inferred. A slide with an empty label is unlabelled: left out."""
     from lrmil.distill.cohort import read_labels
 
     labels, _ = read_labels(path)
+    labels = {slide: label for slide, label in labels.items() if label}
+    if not labels:
+        raise ConfigError(f"labels CSV {path} has no labelled slide (every label is empty)")
     unknown = sorted({label for label in labels.values() if label not in class_names})
     if unknown:
         raise ConfigError(f"labels CSV {path}: label(s) {unknown} are not classes of the model "
                           f"({', '.join(class_names)})")
+    if slides is not None and not set(labels) & set(slides):
+        raise ConfigError(f"labels CSV {path} labels none of the {len(slides)} slide(s) given "
+                          f"(e.g. {', '.join(sorted(slides)[:3])}; it lists "
+                          f"{', '.join(sorted(labels)[:3])}): a slide's name is its file name "
+                          "without the extension")
     return {slide: class_names.index(label) for slide, label in labels.items()}
 
 
@@ -44,7 +54,7 @@ def evaluate(out: Path, labels: dict[str, int], class_names: list[str]) -> dict[
     unlabelled = sorted(r["slide"] for r in rows if r["slide"] not in labels)
     if not scored:
         raise ConfigError(f"none of the {len(rows)} slides in {path} has a label in the labels "
-                          "CSV")
+                          "CSV (--labels)")
     y = np.array([labels[r["slide"]] for r in scored])
     probs = np.array([[float(r[f"prob_{c}"]) for c in class_names] for r in scored])
     called = np.array([class_names.index(r["predicted"]) for r in scored])

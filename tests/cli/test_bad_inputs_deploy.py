@@ -13,6 +13,7 @@ from bad_input_helpers import (
     assert_one_failure,
     assert_one_line,
     assert_usage_error,
+    disk_full,
     files_under,
     invoke,
     no_partial_files,
@@ -63,6 +64,12 @@ EXPORT = {
     "fp16 for ONNX": lambda tmp, run: ([run, "--fp16"], ["--fp16 applies to --format trt"]),
     "an unknown input dtype": lambda tmp, run: ([run, "--input-dtype", "int8"],
                                                 ["input dtype must be one of", "'int8'"]),
+    "TensorRT batch profile upside down": lambda tmp, run: (
+        [run, "--batch-opt", 300], ["--batch-opt 300 and --batch-max 256", "1 <= --batch-opt"]),
+    "TensorRT bag profile of zero": lambda tmp, run: ([run, "--bag-max", 0],
+                                                      ["--bag-opt 2048 and --bag-max 0"]),
+    "a fold and the ensemble": lambda tmp, run: ([run, "--fold", 1, "--ensemble"],
+                                                 ["give --fold K or --ensemble, not both"]),
 }
 
 
@@ -73,6 +80,14 @@ def test_export_refused_before_writing(case, tmp_path, tiny_run):
     assert not (tiny_run / "export").exists()
     if case == "out is an existing file":
         assert (tmp_path / "out").read_text() == "keep me"
+
+
+def test_export_on_a_full_disk_is_one_line_and_leaves_no_partial_file(tiny_run, monkeypatch):
+    disk_full(monkeypatch, "mil.onnx")
+    assert_one_line(invoke("export", tiny_run), tiny_run / "export" / "mil.onnx",
+                    "No space left on device")
+    no_partial_files(tiny_run / "export")
+    assert not (tiny_run / "export" / "mil.onnx").exists()
 
 
 @pytest.mark.skipif(_has_tensorrt(), reason="TensorRT and a GPU are present")
@@ -120,6 +135,20 @@ INFER = {
         ["--engine", "torch"], [tmp / "list.csv", "slide"]),
     "shard out of range": lambda tmp, run, s: (["--engine", "torch", "--shard", "3/3"],
                                                ["--shard"]),
+    "an empty folder": lambda tmp, run, s: (["--engine", "torch"],
+                                            [tmp / "empty", "holds no slide files"]),
+    "a fold the run lacks": lambda tmp, run, s: (["--fold", 9], ["has no student for fold 9"]),
+    "export folder missing": lambda tmp, run, s: (
+        ["--export-dir", tmp / "nope"], [tmp / "nope", "does not exist", "lrmil export"]),
+    "labels CSV of other slides": lambda tmp, run, s: (
+        ["--engine", "torch", "--labels", _write(tmp / "l.csv", "slide,label\nfoo,class1\n")],
+        [tmp / "l.csv", "labels none of the 2 slide(s) given", "good_a", "foo"]),
+    "labels CSV of other classes": lambda tmp, run, s: (
+        ["--engine", "torch", "--labels", _write(tmp / "l.csv", "slide,label\ngood_a,tumour\n")],
+        [tmp / "l.csv", "['tumour'] are not classes of the model"]),
+    "labels CSV without a label": lambda tmp, run, s: (
+        ["--engine", "torch", "--labels", _write(tmp / "l.csv", "slide,label\ngood_a,\n")],
+        [tmp / "l.csv", "has no labelled slide"]),
 }
 
 
@@ -129,6 +158,9 @@ def test_infer_refused_before_writing(case, tmp_path, tiny_run, slides):
     target = slides
     if case == "slide list without a slide column":
         target = _write(tmp_path / "list.csv", "path\ngood_a.svs\n")
+    if case == "an empty folder":
+        target = tmp_path / "empty"
+        target.mkdir()
     out = tmp_path / "out"
     assert_one_line(_infer(target, tiny_run, out, *extra), *named)
     assert not out.is_dir() or files_under(out) == []
@@ -156,9 +188,47 @@ def test_infer_with_an_export_of_other_weights(tmp_path, tiny_run, slides):
                     "weights changed since this export")
 
 
+@pytest.mark.parametrize("version, says", [
+    (1, "sidecar version 1, an export from before calibration; re-run `lrmil export`"),
+    (3, "sidecar version 3, this lrmil reads 2: re-run `lrmil export` with this lrmil"),
+])
+def test_infer_with_an_export_of_another_sidecar_version(tmp_path, tiny_run, slides, version,
+                                                          says):
+    assert invoke("export", tiny_run).exit_code == 0
+    sidecar = tiny_run / "export" / "mil.onnx.json"
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()),
+                                   "sidecar_version": version}))
+    assert_one_line(_infer(slides, tiny_run, tmp_path / "out"), sidecar, says)
+    assert not (tmp_path / "out").exists()
+
+
+def test_infer_labels_by_file_name_with_an_unlabelled_slide(tmp_path, tiny_run, slides):
+    """A labels CSV naming slides by file name, one of them without a label (left out)."""
+    labels = _write(tmp_path / "l.csv", "slide,label\ngood_a.svs,class1\ngood_b.svs,\n")
+    result = _infer(slides, tiny_run, tmp_path / "out", "--engine", "torch", "--labels", labels)
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert evaluation["slides"] == 1 and evaluation["unlabelled"] == ["good_b"]
+
+
+def test_infer_on_a_full_disk_fails_that_slide(tmp_path, tiny_run, slides, monkeypatch):
+    disk_full(monkeypatch, "good_b.h5")
+    out = tmp_path / "out"
+    result = _infer(slides, tiny_run, out, "--engine", "torch", "--device", "cpu")
+    assert_one_failure(result, "good_b.h5", "No space left on device")
+    predicted = (out / "predictions.csv").read_text()
+    assert "good_a" in predicted and "good_b" not in predicted
+    assert "good_b" in (out / "errors.csv").read_text()
+    no_partial_files(out)
+
+
 def _truncated(folder: Path) -> Path:
     data = (folder / "good_a.svs").read_bytes()
     return _write(folder / "bad.svs", data[: len(data) // 3])
+
+
+def _empty(folder: Path) -> Path:
+    return _write(folder / "bad.svs", b"")
 
 
 def _not_a_slide(folder: Path) -> Path:
@@ -172,6 +242,7 @@ def _no_resolution(folder: Path) -> Path:
 
 PER_SLIDE = {
     "truncated slide": (_truncated, "looks truncated"),
+    "empty slide file": (_empty, "the file is empty (0 bytes)"),
     "not a slide": (_not_a_slide, "not a slide format OpenSlide can read"),
     "no resolution": (_no_resolution, "--mpp"),
 }

@@ -76,9 +76,13 @@ def test_export_then_infer_with_each_engine(tiny_run, synth_negative_slide_path,
         assert (out / "heatmaps" / "negative.png").is_file()
     assert max(abs(a - b) for a, b in zip(probs["onnx"], probs["torch"], strict=True)) < 1e-5
     result = _invoke("infer", synth_negative_slide_path, "--model", tiny_run, "--out",
-                     tmp_path / "fold2", "--fold", "2")
-    assert result.exit_code == 1 and "export_fold_2 does not exist" in result.output
-    assert f"lrmil export {tiny_run} --fold 2" in result.output
+                     tmp_path / "fold1", "--fold", "1")
+    assert result.exit_code == 1 and "export_fold_1 does not exist" in result.output
+    assert f"lrmil export {tiny_run} --fold 1" in result.output
+    result = _invoke("infer", synth_negative_slide_path, "--model", tiny_run, "--out",
+                     tmp_path / "fold2", "--fold", "2")  # a fold the run lacks: not "export it"
+    assert result.exit_code == 1 and "has no student for fold 2; folds with one: [1]" in \
+        result.output
     result = _invoke("infer", synth_negative_slide_path, "--model", tiny_run, "--out",
                      tmp_path / "fold2", "--fold", "2", "--export-dir", tiny_run / "export")
     assert result.exit_code == 1

@@ -43,6 +43,10 @@ def load_engine(kind: str, run: str | Path, export_dir: str | Path | None = None
                 else RunLayout(run).export_dir(fold, ensemble))
     option = " --ensemble" if ensemble else f" --fold {fold}" if fold is not None else ""
     if not exported.is_dir():
+        if export_dir is None and fold is not None:  # a fold the run lacks: not "export it"
+            from lrmil.distill.models import student_layout
+
+            student_layout(RunLayout(run), fold)
         raise FileFormatError(f"{exported} does not exist: run `lrmil export {run}{option}` "
                               "first (or give its --export-dir)")
     if kind == "onnx":
