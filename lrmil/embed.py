@@ -28,7 +28,7 @@ from lrmil.data.patches import PatchDataset
 from lrmil.encoders import Encoder, build
 from lrmil.encoders.registry import library_versions
 from lrmil.encoders.weights import file_sha256
-from lrmil.errors import ConfigError, FileFormatError
+from lrmil.errors import ConfigError, FileFormatError, LrmilError
 from lrmil.info import versions
 from lrmil.runner import (
     Done,
@@ -95,6 +95,21 @@ def _patches(
         return ts.coords, ts.lr_patch_size_level0, None, None
     parent, child = np.nonzero(ts.hr_valid)  # row-major: parents in order, children by k
     return ts.hr_coords[parent, child], ts.hr_patch_size_level0, parent, child
+
+
+def check_storable(values: np.ndarray, what: str, dtype: str, option: str) -> None:
+    """Refuse (for this slide) embeddings that are NaN/inf, or that `dtype` would turn into inf:
+    written, they would stop `lrmil distill` half way through a run."""
+    finite = np.isfinite(values).all(axis=tuple(range(1, values.ndim)))
+    if not finite.all():
+        raise LrmilError(f"{what}: the encoder gave NaN/inf embeddings for {int((~finite).sum())} "
+                         f"of {len(values)} patches (first: patch {int(np.argmin(finite))}); its "
+                         "weights or precision do not suit these patches")
+    limit = float(np.finfo(dtype).max)
+    peak = float(np.abs(values).max(initial=0.0))
+    if peak > limit:
+        raise LrmilError(f"{what}: embeddings reach {peak:.3g}, beyond {dtype}'s {limit:.6g}: "
+                         f"store them with {option} float32")
 
 
 def encode_dataset(
@@ -265,6 +280,11 @@ class EmbedJob:
                 )
             finally:
                 dataset.close()
+            what = f"{item.path} ({mag.upper()} patches, encoder {self.encoder.name})"
+            check_storable(feats, what, self.dtype, "--dtype")
+            for layer, values in pooled.items():
+                check_storable(values, f"{what} layer {layer}", self.layers_dtype,
+                               "--layers-dtype")
             attrs = self._attrs(ts, item, mag)
             feats_file = Features(feats, coords, parent, child, pooled, attrs)
             write_features(self.out / mag / f"{item.name}.h5", feats_file, dtype=self.dtype,

@@ -18,6 +18,7 @@ from bad_input_helpers import (
     disk_full,
     files_under,
     invoke,
+    lines_of,
     no_partial_files,
 )
 
@@ -211,6 +212,33 @@ def test_one_bad_slide_the_others_finish(case, tmp_path, tiled):
     assert (out / "lr" / "good_a.h5").is_file() and not (out / "lr" / "good_b.h5").exists()
     assert "good_b" in (out / "errors.csv").read_text()
     no_partial_files(out)
+
+
+def _scaled_weights(path: Path, factor: float) -> Path:
+    """lrmil-cnn's weights times `factor`: finite, so the weights check takes them."""
+    from safetensors.torch import save_file
+
+    from lrmil.encoders import build
+
+    state = build("lrmil-cnn").model.state_dict()
+    save_file({k: (v * factor).contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("factor, dtype, says", [
+    (1e7, "float32", "the encoder gave NaN/inf embeddings for"),  # overflow inside the net
+    (10.0, "float16", "beyond float16's 65504: store them with --dtype float32"),
+])
+def test_embeddings_that_cannot_be_stored_fail_their_slides(tmp_path, tiled, factor, dtype,
+                                                             says):
+    """They were written (NaN, or inf once cast to float16) and stopped distill half way."""
+    weights = _scaled_weights(tmp_path / "w.safetensors", factor)
+    result = _embed(tiled, tmp_path / "out", "--weights", weights, "--dtype", dtype)
+    assert result.exit_code == 1, result.output
+    failed = [line for line in lines_of(result) if line.startswith("failed:")]
+    assert len(failed) == 2 and all(says in line for line in failed), result.output
+    assert list((tmp_path / "out" / "lr").glob("*.h5")) == []
+    no_partial_files(tmp_path / "out")
 
 
 def test_a_full_disk_fails_that_slide_and_leaves_no_partial_file(tmp_path, tiled, monkeypatch):
