@@ -22,6 +22,7 @@ epochs the LR encoder barely moved and the student matched "no stage 1").
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -286,6 +287,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict[str, Any] = {}
     if path is not None:
         data = read_settings(path)
+        try:  # the file's own names and types, before an override could hide a bad section
+            from_dict(copy.deepcopy(data))
+        except ConfigError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
     data = _merge(data, {k: v for k, v in fields.items() if v is not None})
     for item in overrides or []:
         key, sep, raw = item.partition("=")

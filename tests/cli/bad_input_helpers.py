@@ -38,6 +38,17 @@ def assert_one_line(result, *names: object) -> str:
     return lines[0]
 
 
+def assert_one_error_after_work(result, *names: object) -> str:
+    """An error once work has begun (a progress bar or notes printed before it): handled, and
+    exactly one `error:` line, naming each of `names`."""
+    assert_handled(result)
+    errors = [line for line in lines_of(result) if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    for name in names:
+        assert str(name) in errors[0], (name, errors[0])
+    return errors[0]
+
+
 def assert_usage_error(result, command: str, *names: object) -> str:
     """A mistyped command line: exit 2, nothing on stdout, one `error: lrmil <command>:` line on
     stderr naming each of `names` (not Click's multi-line box); command "" is `lrmil` itself."""

@@ -12,7 +12,14 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from bad_input_helpers import assert_one_line, assert_usage_error, invoke
+from bad_input_helpers import (
+    assert_one_error_after_work,
+    assert_one_line,
+    assert_usage_error,
+    disk_full,
+    files_under,
+    invoke,
+)
 
 from lrmil.distill.toy import TINY_OVERRIDES, write_toy_features
 
@@ -79,6 +86,29 @@ def _other_dim(tmp: Path, toy: Path) -> Path:
     return feats
 
 
+def _other_hr_dim(tmp: Path, toy: Path) -> Path:
+    """slide_005's HR features 8-d among 16-d ones."""
+    feats = _copy_features(tmp, toy)
+    path = sorted((feats / "hr").glob("*.h5"))[5]
+    with h5py.File(path, "a") as f:
+        n = f["features"].shape[0]
+        del f["features"]
+        f.create_dataset("features", data=np.zeros((n, 8), dtype=np.float32))
+    return feats
+
+
+def _corrupt(tmp: Path, toy: Path) -> Path:
+    feats = _copy_features(tmp, toy)
+    _write(feats / "lr" / "slide_007.h5", b"garbage")
+    return feats
+
+
+def _without_lr(tmp: Path, toy: Path) -> Path:
+    feats = _copy_features(tmp, toy)
+    shutil.rmtree(feats / "lr")
+    return feats
+
+
 BAD_SPLITS = "slide,fold_1,fold_2\nslide_000,tset,train\n"
 
 # (case, make(tmp, toy) -> (features, labels, overrides, named in the line))
@@ -124,6 +154,32 @@ CASES = {
                                                  [tmp / "nofeat", "does not exist"]),
     "splits file with a bad role": lambda tmp, toy: (
         toy, None, [f"splits_csv={_write(tmp / 's.csv', BAD_SPLITS)}"], [tmp / "s.csv", "'tset'"]),
+    "labels CSV empty": lambda tmp, toy: (toy, _write(tmp / "l.csv", ""), [],
+                                          [tmp / "l.csv", "is empty"]),
+    "labels CSV with a header only": lambda tmp, toy: (
+        toy, _write(tmp / "l.csv", "slide,label\n"), [], [tmp / "l.csv", "has no rows"]),
+    "labels CSV that is a folder": lambda tmp, toy: (toy, toy, [], [toy, "is a folder"]),
+    "labels CSV whose slides match no features": lambda tmp, toy: (
+        toy, _write(tmp / "l.csv", "slide,label\nfoo,a\nbar,b\n"), [],
+        [tmp / "l.csv", "2 slide(s) unknown to", "bar, foo"]),
+    "labels CSV with a slide twice": lambda tmp, toy: (
+        toy, _labels(tmp / "l.csv", [*_rows(toy), _rows(toy)[4]]), [],
+        [tmp / "l.csv", "line 26", "slide 'slide_004' repeated"]),
+    "labels CSV of a single class": lambda tmp, toy: (
+        toy, _labels(tmp / "l.csv", [{**r, "label": "x"} for r in _rows(toy)]), [],
+        [tmp / "l.csv", "single class 'x'"]),
+    "one slide's HR features of another size": lambda tmp, toy: (
+        _other_hr_dim(tmp, toy), None, [], ["HR features in", "mix embedding sizes", "slide_005"]),
+    "a features file that is not HDF5": lambda tmp, toy: (
+        _corrupt(tmp, toy), None, [], ["slide_007.h5", "not a readable HDF5 file"]),
+    "features folder without lr/": lambda tmp, toy: (
+        _without_lr(tmp, toy), None, [], ["features folder", "lr does not exist"]),
+    "config with a word for a number": lambda tmp, toy: (
+        toy, None, ["--config", _write(tmp / "c.yaml", "seed: three\n")],
+        [f"config file {tmp / 'c.yaml'}: seed must be int, got 'three'"]),
+    "config section that is not a mapping": lambda tmp, toy: (
+        toy, None, ["--config", _write(tmp / "c.yaml", "student: 5\n")],
+        [tmp / "c.yaml", "student must be a mapping, got 5"]),  # overrides set student.*
 }
 
 
@@ -134,6 +190,15 @@ def test_refused_before_anything_is_written(case, tmp_path, toy):
     out = tmp_path / "run"
     assert_one_line(_distill(features, labels, out, *extra), *named)
     assert not out.exists()
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_file(tmp_path, toy, monkeypatch):
+    """(After the cohort's summary.)"""
+    disk_full(monkeypatch, "config.json")
+    out = tmp_path / "run"
+    assert_one_error_after_work(_distill(toy, toy / "labels.csv", out), out / "config.json",
+                                "No space left on device")
+    assert files_under(out) == []
 
 
 def test_out_is_an_existing_file(tmp_path, toy):
@@ -151,9 +216,11 @@ def test_cuda_without_cuda_is_one_line(tmp_path, toy):
 
 def test_a_refused_run_leaves_nothing_and_the_corrected_command_runs(tmp_path, toy):
     """The settings check used to leave config.json behind, and the same --out was then refused
-    as 'made with other settings'. Labels saved by Excel (BOM, `;`) are read as they are."""
+    as 'made with other settings'. Labels saved by Excel (BOM, `;`), naming slides by file
+    name, are read as they are."""
     out = tmp_path / "run"
-    labels = _labels(tmp_path / "excel.csv", _rows(toy), delimiter=";", bom=True)
+    rows = [{**r, "slide": f"{r['slide']}.svs"} for r in _rows(toy)]
+    labels = _labels(tmp_path / "excel.csv", rows, delimiter=";", bom=True)
     assert_one_line(_distill(toy, labels, out, "student.lr=-1"), "student.lr")
     assert not out.exists()
     result = _distill(toy, labels, out)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from bad_input_helpers import (
-    assert_handled,
+    assert_one_error_after_work,
     assert_one_failure,
     assert_one_line,
     assert_usage_error,
@@ -270,10 +270,8 @@ def test_a_full_disk_for_the_records_is_one_line(tmp_path, slides, monkeypatch):
     """After the slides (their progress bar above it): one error line naming the file."""
     disk_full(monkeypatch, "errors.csv")
     result = _tile(slides, "--out", tmp_path / "out")
-    assert_handled(result)
-    errors = [line for line in lines_of(result) if line.startswith("error:")]
-    assert errors == [f"error: [Errno 28] No space left on device: "
-                      f"'{tmp_path / 'out' / 'errors.csv'}'"], result.output
+    assert_one_error_after_work(result, "No space left on device",
+                                f"'{tmp_path / 'out' / 'errors.csv'}'")
     assert len(list((tmp_path / "out" / "coords").glob("*.h5"))) == 2
     no_partial_files(tmp_path / "out")
 
