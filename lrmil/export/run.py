@@ -44,9 +44,10 @@ def export_run(run: str | Path, out_dir: str | Path | None = None, fmt: str = "o
     update RUN/MODEL_CARD.md; return {kind: artifact path}."""
     from lrmil.distill.layout import RunLayout
     from lrmil.distill.model_card import write_model_card
-    from lrmil.export.source import load_run
+    from lrmil.export.source import load_run, read_run_config
 
     _check_options(fmt, fp16)
+    read_run_config(Path(run))  # the run first: its default --out lies inside it
     default = RunLayout(Path(run)).export_dir(fold, ensemble)
     out = check_out_path(Path(out_dir) if out_dir is not None else default)
     if fmt == "trt":

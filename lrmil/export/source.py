@@ -36,7 +36,9 @@ def read_run_config(run: Path) -> dict[str, Any]:
     """RUN/config.json, refusing a missing folder or file and a run from another lrmil version
     (major.minor: a patch release keeps the weights format)."""
     if not run.is_dir():
-        raise FileFormatError(f"run folder {run} does not exist")
+        problem = "is a file, not a folder" if run.exists() else "does not exist"
+        raise FileFormatError(f"run folder {run} {problem} (give the --out folder of `lrmil "
+                              "distill`)")
     layout = RunLayout(run)
     path = layout.config
     if not path.is_file():

@@ -53,6 +53,8 @@ def _no_student(run: Path) -> Path:
 EXPORT = {
     "run folder missing": lambda tmp, run: ([tmp / "nope"], [tmp / "nope", "does not exist"]),
     "not a run folder": lambda tmp, run: ([tmp], [tmp, "config.json"]),
+    "run folder is a file": lambda tmp, run: (
+        [_write(tmp / "run.txt", "x")], [tmp / "run.txt", "is a file, not a folder"]),
     "run of another lrmil version": lambda tmp, run: (
         [_config(run, versions={"lrmil": "9.3.0"})], ["made by lrmil 9.3.0"]),
     "run without a trained student": lambda tmp, run: ([_no_student(run)],
@@ -124,6 +126,8 @@ INFER = {
                                                     f"`lrmil export {run}` first"]),
     "model folder missing": lambda tmp, run, s: (["--model", tmp / "nope"],
                                                  [tmp / "nope", "does not exist"]),
+    "model folder is a file": lambda tmp, run, s: (
+        ["--model", _write(tmp / "model.pt", "x")], [tmp / "model.pt", "is a file, not a folder"]),
     "mpp and mpp CSV": lambda tmp, run, s: (["--mpp", 0.5, "--mpp-csv", tmp / "m.csv"],
                                             ["either --mpp or --mpp-csv"]),
     "mpp CSV not UTF-8": lambda tmp, run, s: (

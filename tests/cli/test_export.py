@@ -23,7 +23,8 @@ def _fake_run(path, lrmil_version="0.1.0", student=True):
 def test_missing_run_folder_is_one_clear_line(tmp_path):
     result = _invoke("export", tmp_path / "nope")
     assert result.exit_code == 1
-    assert result.output.strip() == f"error: run folder {tmp_path / 'nope'} does not exist"
+    assert result.output.strip() == (f"error: run folder {tmp_path / 'nope'} does not exist "
+                                     "(give the --out folder of `lrmil distill`)")
 
 
 def test_run_from_another_lrmil_version_is_refused(tmp_path):
