@@ -72,6 +72,8 @@ def evaluate(out: Path, labels: dict[str, int], class_names: list[str]) -> dict[
 
 def summary_line(result: dict[str, Any]) -> str:
     auc_name = "AUC" if len(result["counts"]) == 2 else "macro AUC"
-    return (f"{result['slides']} labelled slides: {auc_name} {result['auc']:.3f}, accuracy "
+    auc_text = (f"{result['auc']:.3f}" if np.isfinite(result["auc"])
+                else "n/a (the labelled slides hold a single class)")
+    return (f"{result['slides']} labelled slides: {auc_name} {auc_text}, accuracy "
             f"{result['accuracy']:.3f}, balanced accuracy {result['balanced_accuracy']:.3f}, "
             f"ECE {result['ece']:.3f} (15 bins), Brier {result['brier']:.3f}")

@@ -213,6 +213,7 @@ def test_infer_labels_by_file_name_with_an_unlabelled_slide(tmp_path, tiny_run, 
     assert result.exit_code == 0, result.output
     evaluation = json.loads((tmp_path / "out" / "evaluation.json").read_text())
     assert evaluation["slides"] == 1 and evaluation["unlabelled"] == ["good_b"]
+    assert "AUC n/a (the labelled slides hold a single class)" in " ".join(result.output.split())
 
 
 def test_infer_on_a_full_disk_fails_that_slide(tmp_path, tiny_run, slides, monkeypatch):
