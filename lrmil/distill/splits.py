@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lrmil.errors import ConfigError, FileFormatError
+from lrmil.utils.atomic import atomic_path
 from lrmil.utils.csvfile import read_csv
 
 ROLES = ("train", "val", "test")
@@ -88,13 +89,12 @@ def check_splits(folds: list[Fold], label_of: dict[str, int], class_names: list[
 def write_splits(folds: list[Fold], path: Path) -> None:
     slides = sorted({s for fold in folds for role in ROLES for s in fold.role(role)})
     role_of = [{s: role for role in ROLES for s in fold.role(role)} for fold in folds]
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as fh:
+    # A temporary name of this process's own: shards may write the same splits at once.
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["slide"] + [f"fold_{f.index}" for f in folds])
         for slide in slides:
             writer.writerow([slide] + [roles.get(slide, "") for roles in role_of])
-    tmp.replace(path)
 
 
 def read_splits(path: Path, known: set[str] | None = None) -> list[Fold]:
