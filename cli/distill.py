@@ -27,6 +27,13 @@ def distill(
     tiled: Annotated[
         Path | None, typer.Option(help="Tiled folder (lrmil tile): slide paths for stage 1.")
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(help="Train share I of N (I/N, 0 <= I < N) of the folds, e.g. a SLURM array "
+                     "task `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`; the shard "
+                     "that completes the last fold writes the report. torchrun splits by "
+                     "itself."),
+    ] = None,
     overrides: Annotated[
         list[str] | None,
         typer.Argument(help="Dotted settings, e.g. folds=3 stage1.mode=adapter data.cache_gb=0",
@@ -45,11 +52,10 @@ def distill(
         cfg = load_config(config, overrides, features=str(features), labels=str(labels),
                           out=str(out), tiled=None if tiled is None else str(tiled))
         console = Console()
-        rank, world = _rank()
-        progress = step_spinner(console) if world == 1 else step_lines(console, rank)
+        progress = _progress(console, shard)
         with progress as on_step:
-            report = run(cfg, on_step=on_step, on_note=console.print)
-        if report is None:  # a torchrun rank other than 0: rank 0 reports
+            report = run(cfg, on_step=on_step, on_note=console.print, shard=shard)
+        if report is None:  # another rank or shard reports
             return
         table = Table(*summary_header(report), title=f"{len(report['folds'])}-fold test metrics")
         for row in summary_rows(report):
@@ -99,25 +105,28 @@ def step_spinner(console: Console) -> Iterator[Callable]:
         yield on_step
 
 
-def _rank() -> tuple[int, int]:
-    """(rank, world size) of this process: torchrun's, or (0, 1)."""
+def _progress(console: Console, shard: str | None
+              ) -> contextlib.AbstractContextManager[Callable]:
+    """A spinner for one process; plain lines named by the rank or shard for several."""
     from lrmil.runner.distributed import Ranks
 
-    ranks = Ranks.from_env()
-    return ranks.rank, ranks.world
+    ranks = Ranks.from_env(shard)
+    if ranks.world == 1:
+        return step_spinner(console)
+    return step_lines(console, f"{'shard' if ranks.launcher == 'shard' else 'rank'} {ranks.rank}")
 
 
 @contextlib.contextmanager
-def step_lines(console: Console, rank: int) -> Iterator[Callable]:
-    """An `on_step` hook for a torchrun rank: a plain line when each step starts and ends,
-    named by the rank (several processes share the terminal or the job's log)."""
+def step_lines(console: Console, who: str) -> Iterator[Callable]:
+    """An `on_step` hook for one of several processes: a plain line when each step starts and
+    ends, named by `who` (several processes share the terminal or the job's log)."""
     import time
 
     @contextlib.contextmanager
     def on_step(description: str) -> Iterator[None]:
-        console.print(f"rank {rank}: {description}")
+        console.print(f"{who}: {description}")
         start = time.perf_counter()
         yield None
-        console.print(f"rank {rank}: {description}: done in {time.perf_counter() - start:.1f} s")
+        console.print(f"{who}: {description}: done in {time.perf_counter() - start:.1f} s")
 
     yield on_step

@@ -3,8 +3,8 @@ and the model card (the trained students are read by lrmil.distill.models).
 
 Each step is skipped when its outputs exist (the model's safetensors file is written last), so
 an interrupted run resumes where it stopped. Every step seeds itself from (seed, fold, step),
-so a resumed run, or one whose folds are spread across torchrun ranks (lrmil.distill.parallel),
-gives the same models as an uninterrupted one-process run.
+so a resumed run, or one whose folds are spread across torchrun ranks or shards
+(lrmil.distill.parallel), gives the same models as an uninterrupted one-process run.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from lrmil.distill.config import DistillConfig, save_config
 from lrmil.distill.final import FINAL_FOLD, read_training, train_final
 from lrmil.distill.layout import FoldLayout, RunLayout
 from lrmil.distill.model_card import write_model_card
-from lrmil.distill.parallel import FoldRanks
+from lrmil.distill.parallel import FoldRanks, FoldTeam
 from lrmil.distill.report import build_report, write_report
 from lrmil.distill.splits import Fold, check_splits, make_splits, read_splits, write_splits
 from lrmil.distill.stage1 import (
@@ -79,7 +79,7 @@ def cohort_notes(cohort: Cohort, cfg: DistillConfig) -> list[str]:
 
 
 def run(cfg: DistillConfig, on_step: StepHook | None = None,
-        on_note: NoteHook | None = None) -> dict[str, Any] | None:
+        on_note: NoteHook | None = None, shard: str | None = None) -> dict[str, Any] | None:
     """Train teacher, stage 1, student, baseline and the ablations on every fold, then the
     final model on every labelled slide (`final`); calibrate on the folds' test predictions;
     write the report (metrics.json, report.md, roc.png, calibration.png) and the model card,
@@ -88,10 +88,13 @@ def run(cfg: DistillConfig, on_step: StepHook | None = None,
     cohort's counts and warnings. Every input is checked before anything is written.
 
     Under torchrun the folds are spread across the ranks (lrmil.distill.parallel); rank 0
-    writes the report and returns it, the other ranks return None."""
+    writes the report and returns it, the other ranks return None. `shard` ("i/n"): train the
+    folds dealt to shard i of n; the shard that completes the last fold writes the report and
+    returns it, the others return None."""
     cfg.validate()
     check_out_path(cfg.out)
     hook = on_step or (lambda _desc: contextlib.nullcontext())
+    note = on_note or (lambda _line: None)
     layout = RunLayout(Path(cfg.out))
     store = FeatureStore(cfg.data.cache_bytes(), cfg.data.workers, cfg.data.prefetch)
     cohort = load_cohort(Path(cfg.features), Path(cfg.labels), store)
@@ -99,35 +102,50 @@ def run(cfg: DistillConfig, on_step: StepHook | None = None,
     _check_config(cfg, layout)
     folds = _splits(cfg, cohort, layout)
 
-    ranks = FoldRanks(layout.root)
+    ranks = FoldRanks(layout.root, shard)
     device = torch.device(rank_device(cfg.device, ranks.ranks.local_rank))
-    steps = {f.index: list(_fold_steps(cfg, cohort, f, layout.fold(f.index), device, geometry))
-             for f in folds}
+    by_index = {f.index: f for f in folds}
+
+    def fold_steps(team: FoldTeam) -> list[Step]:
+        fold = by_index[team.fold]
+        return list(_fold_steps(cfg, cohort, fold, layout.fold(fold.index), device, geometry,
+                                team))
+
+    def unfinished() -> list[int]:
+        return [k for k in by_index
+                if any(not step.done.exists() for step in fold_steps(FoldTeam.alone(k)))]
+
     with ranks:
-        if ranks.main:
+        if ranks.prepares:
             for line in cohort_notes(cohort, cfg):
-                (on_note or (lambda _line: None))(line)
+                note(line)
             layout.root.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(layout.root)  # of processes killed mid-write
             _save_config(cfg, cohort, layout)
             write_splits(folds, layout.splits)
-        pending = [k for k, fold_steps in steps.items()  # what rank 0 sees is dealt out
-                   if any(not step.done.exists() for step in fold_steps)]
-        for k in ranks.share(pending, cfg.to_dict()):
-            out = layout.fold(k)
-            out.dir.mkdir(exist_ok=True)
-            for step in steps[k]:
-                if not step.done.exists():
-                    with hook(f"fold {k}: {step.name}") as tick:
-                        step.work(tick)
-            for done in (out.teacher_outputs, out.stage1_features):
+        # Rank 0's view of what is missing is dealt out (each shard deals every fold).
+        for team in ranks.share(unfinished(), list(by_index), cfg.to_dict(), device):
+            _train_fold(team, fold_steps(team), layout.fold(team.fold), hook)
+            for done in (layout.fold(team.fold).teacher_outputs,
+                         layout.fold(team.fold).stage1_features):
                 store.forget(done)  # the next fold does not read this one's files
         ranks.finished()  # rank 0: every rank has finished its folds
-        if not ranks.main:
-            return None
+        with ranks.reporting(unfinished,
+                             lambda: _report_is_current(layout, folds, fold_steps)) as elsewhere:
+            if elsewhere is not None:
+                if elsewhere:
+                    note(elsewhere)
+                return None
+            return _report(cfg, cohort, layout, folds, device, geometry, hook)
+
+
+def _report(cfg: DistillConfig, cohort: Cohort, layout: RunLayout, folds: list[Fold],
+            device: torch.device, geometry: SlideGeometry | None, hook: StepHook
+            ) -> dict[str, Any]:
+    """After every fold: the final model, the calibration, the report and the model card."""
     models = ["teacher", "baseline", "student", *(f"student_{a}" for a in cfg.ablations)]
     indices = [f.index for f in folds]
-    if cfg.final:  # on rank 0, after every fold (its epochs come from theirs)
+    if cfg.final:  # after every fold (its epochs come from theirs)
         train_final(cfg, cohort, layout, indices, device, geometry, hook,
                     lambda step: seed_for(cfg.seed, FINAL_FOLD, step))
     calibration = calibrate_run(layout, indices)
@@ -144,25 +162,55 @@ def run(cfg: DistillConfig, on_step: StepHook | None = None,
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-    """One training step of a fold: done when its last output exists."""
+    """One training step of a fold: done when its last output exists. `together`: every rank
+    of the fold's team takes part (stage 1); the others are its owner's alone."""
 
     name: str
     done: Path
     work: Callable[[Progress | None], None]
+    together: bool = False
+
+
+def _train_fold(team: FoldTeam, steps: list[Step], out: FoldLayout, hook: StepHook) -> None:
+    """The steps of a fold that are not done. Teacher, student and baseline train on the owner
+    alone: MIL training is I/O- and latency-bound (a step is a few small GEMMs over bags read
+    from the feature store), so an all-reduce per step would cost about what it splits. Its
+    team's other ranks join the owner for stage 1 and wait for it before and after."""
+    if team.owner:
+        out.dir.mkdir(exist_ok=True)
+    for step in steps:
+        todo = team.owner and not step.done.exists()
+        if step.together:
+            todo = team.agree(todo)  # the others wait here for the owner's earlier steps
+        if todo:
+            with hook(f"fold {team.fold}: {step.name}") as tick:
+                step.work(tick)
+    team.agree(None)  # and here for its last ones
+
+
+def _report_is_current(layout: RunLayout, folds: list[Fold],
+                       fold_steps: Callable[[FoldTeam], list[Step]]) -> bool:
+    """Whether the model card (written last) is newer than every fold's outputs."""
+    if not layout.model_card.exists():
+        return False
+    newest = max(step.done.stat().st_mtime_ns for f in folds
+                 for step in fold_steps(FoldTeam.alone(f.index)))
+    return layout.model_card.stat().st_mtime_ns >= newest
 
 
 def _fold_steps(cfg: DistillConfig, cohort: Cohort, fold: Fold, out: FoldLayout,
-                device: torch.device, geometry: SlideGeometry | None) -> Iterator[Step]:
+                device: torch.device, geometry: SlideGeometry | None, team: FoldTeam
+                ) -> Iterator[Step]:
     k = fold.index
     yield Step("teacher", out.model("teacher"),
                lambda tick: train_teacher(cohort, fold, cfg, out, device,
                                           seed_for(cfg.seed, k, "teacher"), tick))
     if cfg.stage1.enabled:
         yield Step(f"stage 1 ({cfg.stage1.mode})", out.stage1_features,
-                   lambda _tick: run_stage1(cohort, stage1_slides(cohort, fold,
-                                                                  cfg.stage1.slides),
-                                            cfg, out, device, seed_for(cfg.seed, k, "stage1"),
-                                            geometry))
+                   lambda _tick: team.trained_stage1(run_stage1(
+                       cohort, stage1_slides(cohort, fold, cfg.stage1.slides), cfg, out, device,
+                       seed_for(cfg.seed, k, "stage1"), geometry, team.replicas())),
+                   together=True)
 
     def distilled(name: str) -> ArrayKey:
         return stage1_features(out, name)

@@ -24,21 +24,35 @@ groups of slides whose HR features fit in `stage1.shuffle_mb`; a group's arrays 
 the feature store as stored and the dense (B, K, D) teacher targets are built batch by batch.
 When every training slide fits in one group (small cohorts) the shuffle is global. The stage-1
 features are written slide by slide to `stage1_features.h5`.
+
+Several processes (a fold's torchrun team, lrmil.distill.parallel) can train one stage 1 under
+DistributedDataParallel (`Replicas`): each draws the same global batches and trains on its share
+of each, so the global batch, the optimizer steps and the model are those of one process (up to
+the order of floating-point sums). The first process writes the model and the features.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import (
+    BatchSampler,
+    ConcatDataset,
+    DataLoader,
+    RandomSampler,
+    Sampler,
+    default_collate,
+)
 
 from lrmil.data import PatchDataset
 from lrmil.data.store import ArrayKey
@@ -275,20 +289,115 @@ def _row_counts(cohort: Cohort, names: list[str]) -> dict[str, int]:
     return {n: len(np.unique(p)) for n, (p,) in zip(names, parents, strict=True)}
 
 
+# --------------------------------------------------------------------------- data parallel
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """The processes that train one stage 1 together, or this one alone (the default). Each
+    draws the same global batches (same seeds) and trains on every `count`-th row of each from
+    `index` (a share may be empty: a last batch smaller than `count`; the process still steps,
+    DDP's all-reduce needs it). DDP averages the gradients over the processes, so each scales
+    its loss by count / rows: the average is the gradient of the global batch's mean loss."""
+
+    count: int = 1
+    index: int = 0  # 0 writes the model and the features
+    process_group: Any = None  # what DDP reduces over: gloo on the CPU, nccl on CUDA
+
+    @property
+    def writes(self) -> bool:
+        return self.index == 0
+
+    def if_fits(self, fits: bool) -> Replicas | None:
+        """These replicas where DDP gives the one-process model (`fits`), else the writer alone
+        (the others get None: nothing to do)."""
+        if fits or self.count == 1:
+            return self
+        return Replicas() if self.writes else None
+
+    def share(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch[self.index::self.count]
+
+    def batches(self, rows: int, size: int, generator: torch.Generator) -> Sampler[list[int]]:
+        """This process's share of each shuffled batch of `size` of `rows` rows: the batches
+        of DataLoader(shuffle=True, generator=generator) when given the same generator."""
+        every = BatchSampler(RandomSampler(range(rows), generator=generator), size, False)
+        return every if self.count == 1 else _Shares(every, self)
+
+    def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
+        """`module` under DDP (one process: as it is). An encoder may hold parameters its
+        features never use (a classifier head); every step uses the same ones, so a static
+        graph leaves those without a gradient, as in one process, where the default would
+        fail the second step (and find_unused_parameters searches the graph every step)."""
+        if self.count == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(
+            module, device_ids=[device] if device.type == "cuda" else None,
+            process_group=self.process_group, static_graph=True)
+
+    def mean(self, per_row: torch.Tensor, rows: int) -> torch.Tensor:
+        """This process's part of the mean over a global batch of `rows` rows."""
+        if self.count == 1:
+            return per_row.mean()
+        return per_row.sum() * (self.count / rows)
+
+
+class _Shares(Sampler[list[int]]):
+    def __init__(self, batches: BatchSampler, replicas: Replicas) -> None:
+        self.every, self.replicas = batches, replicas
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.every:
+            yield batch[self.replicas.index::self.replicas.count]
+
+    def __len__(self) -> int:
+        return len(self.every)
+
+
+class _Through(nn.Module):
+    """`module` trained through `method` rather than its forward: DDP hooks its gradient
+    reduction in through the forward of the module it wraps, so the step calls this one."""
+
+    def __init__(self, module: nn.Module, method: Callable[..., Any]) -> None:
+        super().__init__()
+        self.module, self.method = module, method
+
+    def forward(self, *args: Any) -> Any:
+        return self.method(self.module, *args)
+
+
+@dataclass(frozen=True)
+class Stage1Part:
+    """What this process did in a stage 1: `processes` trained it together (1: alone) and
+    this one's steps read `rows` training rows (0: it did not train)."""
+
+    processes: int
+    rows: int
+
+
 # --------------------------------------------------------------------------------- stage 1
 
 
 def run_stage1(cohort: Cohort, train_names: list[str], cfg: DistillConfig, out: FoldLayout,
-               device: torch.device, seed: int, geometry: SlideGeometry | None = None) -> None:
+               device: torch.device, seed: int, geometry: SlideGeometry | None = None,
+               replicas: Replicas = Replicas()) -> Stage1Part:
     """Writes the stage-1 model and `stage1_features.h5` (every slide); `geometry` (encoder
-    mode): where each slide's LR patches are (`slide_geometry`)."""
+    mode): where each slide's LR patches are (`slide_geometry`); `replicas`: the processes
+    training it together (each calls this), the first writes."""
     torch.manual_seed(seed)
     if cfg.stage1.mode == "adapter":
-        _adapter(cohort, train_names, cfg.stage1, out, device, seed)
-    else:
-        if geometry is None:
-            raise ValueError("stage 1 in encoder mode needs the slides' geometry")
-        _encoder(cohort, train_names, cfg, out, device, seed, geometry)
+        return _adapter(cohort, train_names, cfg.stage1, out, device, seed, replicas)
+    if geometry is None:
+        raise ValueError("stage 1 in encoder mode needs the slides' geometry")
+    return _encoder(cohort, train_names, cfg, out, device, seed, geometry, replicas)
+
+
+def _data_parallel_objective(cfg: Stage1Config) -> bool:
+    """VICReg's loss is one for the batch (variance, covariance over its rows): a share's loss
+    is no part of it, so only the per-row MSE is trained across processes."""
+    return cfg.objective == "mse"
 
 
 def _optimise(params: list[nn.Parameter], cfg: Stage1Config, steps: int
@@ -327,8 +436,12 @@ def _teacher_outputs(cfg: Stage1Config, out: FoldLayout) -> Path | None:
 
 
 def _adapter(cohort: Cohort, train_names: list[str], cfg: Stage1Config, out: FoldLayout,
-             device: torch.device, seed: int) -> None:
+             device: torch.device, seed: int, replicas: Replicas) -> Stage1Part:
+    team = replicas.if_fits(_data_parallel_objective(cfg))
+    if team is None:
+        return Stage1Part(1, 0)
     adapter = Adapter(cohort.lr_dim, cohort.hr_dim, cfg.adapter_hidden).to(device)
+    align = team.wrap(_Through(adapter, Adapter.align), device)
     objective = Objective(cfg, cohort.hr_dim, device)
     params = [*adapter.parameters(), *objective.parameters()]
     plan = _plan(cohort, train_names, [], cfg, seed)
@@ -336,15 +449,19 @@ def _adapter(cohort: Cohort, train_names: list[str], cfg: Stage1Config, out: Fol
         params, cfg, _steps(plan, _row_counts(cohort, train_names), cfg.batch_patches))
     generator = torch.Generator().manual_seed(seed)
     adapter.train()
+    rows = 0
     for group in _load_groups(cohort, plan, _teacher_outputs(cfg, out), [], with_lr=True):
         for idx in torch.randperm(len(group), generator=generator).split(cfg.batch_patches):
             if not objective.takes(len(idx)):
                 continue
-            targets = group.batch(idx.numpy())
-            s = adapter.align(targets.lr.to(device))
-            loss = cfg.lambda_attn * objective(s, targets.t.to(device),
-                                               targets.weight.to(device)).mean()
+            targets = group.batch(team.share(idx).numpy())
+            s = align(targets.lr.to(device))
+            loss = cfg.lambda_attn * team.mean(objective(s, targets.t.to(device),
+                                                         targets.weight.to(device)), len(idx))
             _step(loss, params, cfg, optimizer, schedule)
+            rows += len(targets.t)
+    if not team.writes:
+        return Stage1Part(team.count, rows)
     adapter.eval()
     save_module(adapter, out.stage1_model("adapter"),
                 {"adapter": {"in_dim": adapter.in_dim, "out_dim": adapter.out_dim,
@@ -358,6 +475,7 @@ def _adapter(cohort: Cohort, train_names: list[str], cfg: Stage1Config, out: Fol
                 yield name, adapter(as_float(lr).to(device)).float().cpu().numpy()
 
     _write_features(cohort, out, project())
+    return Stage1Part(team.count, rows)
 
 
 def load_adapter(path: Path) -> Adapter:
@@ -427,6 +545,19 @@ def slide_geometry(cohort: Cohort, tiled: str | None, slides: dict[str, Slide] |
     return SlideGeometry(paths, size0, mpp, patch.pop())
 
 
+def _collate(items: list[tuple[torch.Tensor, int]], patch_size: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """default_collate; an empty share of a batch (`Replicas`) is zero patches."""
+    if items:
+        return default_collate(items)
+    return (torch.zeros(0, patch_size, patch_size, 3, dtype=torch.uint8),
+            torch.zeros(0, dtype=torch.int64))
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 class _Indexed(ConcatDataset):
     """Patches of several slides; items carry their index in the concatenation."""
 
@@ -443,7 +574,8 @@ def _patches(geo: SlideGeometry, name: str, coords: np.ndarray) -> PatchDataset:
 
 
 def _encoder(cohort: Cohort, train_names: list[str], cfg: DistillConfig, out: FoldLayout,
-             device: torch.device, seed: int, geo: SlideGeometry) -> None:
+             device: torch.device, seed: int, geo: SlideGeometry, replicas: Replicas
+             ) -> Stage1Part:
     from lrmil.encoders import build
 
     s1 = cfg.stage1
@@ -456,14 +588,25 @@ def _encoder(cohort: Cohort, train_names: list[str], cfg: DistillConfig, out: Fo
         if encoder.grid_size(layer, geo.patch_size) % cohort.r:
             raise ConfigError(f"layer {layer}'s grid is not divisible by r = {cohort.r}")
 
+    # Batch statistics over a share are not the global batch's: BatchNorm needs SyncBatchNorm,
+    # which runs on CUDA only.
+    team = replicas.if_fits(_data_parallel_objective(s1) and (
+        device.type == "cuda" or not _has_batchnorm(encoder.model)))
+    if team is None:
+        return Stage1Part(1, 0)
+    if team.count > 1 and _has_batchnorm(encoder.model):
+        encoder.model = nn.SyncBatchNorm.convert_sync_batchnorm(encoder.model,
+                                                                team.process_group)
     encoder.to(device)
     model = encoder.model.train()
+    net = team.wrap(_Through(model, lambda m, x: encoder.features_fn(m, x, layers)), device)
     objective = Objective(s1, cohort.hr_dim, device)
     params = [*(p for p in model.parameters() if p.requires_grad), *objective.parameters()]
     plan = _plan(cohort, train_names, layers, s1, seed)
     optimizer, schedule = _optimise(
         params, s1, _steps(plan, _row_counts(cohort, train_names), s1.batch_patches))
     groups = _load_groups(cohort, plan, _teacher_outputs(s1, out), layers, with_lr=False)
+    trained = 0
     for epoch, epoch_groups in enumerate(plan):
         generator = torch.Generator().manual_seed(seed + epoch)
         for _ in epoch_groups:
@@ -471,16 +614,18 @@ def _encoder(cohort: Cohort, train_names: list[str], cfg: DistillConfig, out: Fo
             coords = {n: cohort.store.read(cohort.lr_coords(n)) for n, _ in group.patch_rows()}
             dataset = _Indexed([_patches(geo, n, coords[n][rows])
                                 for n, rows in group.patch_rows()])
-            loader = DataLoader(dataset, batch_size=s1.batch_patches, shuffle=True,
-                                generator=generator, num_workers=s1.read_workers)
+            loader = DataLoader(dataset, batch_sampler=team.batches(len(dataset),
+                                                                    s1.batch_patches, generator),
+                                generator=generator, num_workers=s1.read_workers,
+                                collate_fn=partial(_collate, patch_size=geo.patch_size))
             with closing(dataset):  # read_workers=0: the handles are opened in this process
-                for patches, idx in loader:
-                    if not objective.takes(len(idx)):
+                for step, (patches, idx) in enumerate(loader):
+                    rows = min(s1.batch_patches, len(dataset) - step * s1.batch_patches)
+                    if not objective.takes(rows):
                         continue
                     targets = group.batch(idx.numpy())
                     with autocast(device):
-                        s, grids, _ = encoder.forward_features(
-                            encoder.preprocess(patches.to(device)), layers)
+                        s, grids, _ = net(encoder.preprocess(patches.to(device)))
                     valid = targets.valid.to(device)
                     loss = s1.lambda_attn * objective(s.float(), targets.t.to(device),
                                                       targets.weight.to(device))
@@ -489,7 +634,10 @@ def _encoder(cohort: Cohort, train_names: list[str], cfg: DistillConfig, out: Fo
                                                targets.layers[name].to(device), valid, cohort.r)
                                      for name in layers]
                         loss = loss + s1.lambda_layer * torch.stack(per_layer).mean(0)
-                    _step(loss.mean(), params, s1, optimizer, schedule)
+                    _step(team.mean(loss, rows), params, s1, optimizer, schedule)
+                    trained += len(idx)
+    if not team.writes:
+        return Stage1Part(team.count, trained)
     model.eval()
     save_module(model, out.stage1_model("encoder"),
                 {"encoder": encoder.name, "layers": layers, "seed": cohort.encoder_seed})
@@ -504,3 +652,4 @@ def _encoder(cohort: Cohort, train_names: list[str], cfg: DistillConfig, out: Fo
             yield name, feats
 
     _write_features(cohort, out, embed())
+    return Stage1Part(team.count, trained)

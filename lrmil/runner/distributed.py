@@ -101,6 +101,15 @@ def interleave_from_ends(shares: list[list[T]], rank: int) -> list[T]:
     return [s[j] for j in range(max(map(len, others), default=0)) for s in others if j < len(s)]
 
 
+def teams(world: int, count: int) -> list[list[int]]:
+    """`world` ranks in `count` teams of consecutive ranks, sizes differing by at most one
+    (larger first): torchrun numbers a node's ranks consecutively, so a team stays on one node
+    where it can and its collectives on the node's links."""
+    size, extra = divmod(world, count)
+    starts = [i * size + min(i, extra) for i in range(count + 1)]
+    return [list(range(starts[i], starts[i + 1])) for i in range(count)]
+
+
 def rank_device(requested: str, local_rank: int = 0, setting: str = "--device") -> str:
     """The torch device of this process from a --device value: 'auto' is cuda where torch sees
     one, else cpu; a bare 'cuda' under torchrun is this rank's GPU, cuda:LOCAL_RANK. A device
@@ -152,6 +161,27 @@ class Group:
         gathered: list[Any] = [None] * self.ranks.world
         self.dist.all_gather_object(gathered, mine)
         self.members = [(ProcessId.from_dict(p), Path(r)) for p, r in gathered]
+
+    def split(self, teams: list[list[int]], backend: str = "gloo") -> Any:
+        """This rank's process group among `teams` (disjoint lists of ranks covering every
+        rank) on `backend` ("gloo", or "nccl" for CUDA tensors). Every rank calls it with the
+        same teams: creating a group is collective."""
+        mine, _ = self.dist.new_subgroups_by_enumeration(
+            teams, timeout=timedelta(seconds=self.timeout_s), backend=backend)
+        return mine
+
+    def agree(self, value: T, src: int, group: Any = None) -> T:
+        """`src`'s `value` on every rank of `group` (a gloo group from `split`; default: the
+        whole run): the others wait here until `src` gets here. RankFailed names `src` when
+        it stops answering."""
+        box = [value]
+        try:
+            self.dist.broadcast_object_list(box, src=src, group=group)
+        except RuntimeError:
+            raise RankFailed(f"rank {self.ranks.rank}: rank {src} ({self.members[src][0]}) "
+                             f"stopped answering; the {self.work} it held are incomplete: run "
+                             "the same command again to do what is missing") from None
+        return box[0]
 
     def finish(self, summary: RunSummary) -> None:
         """Rank 0 waits for the others and adds their results to `summary`; the others wait
