@@ -126,7 +126,7 @@ def infer_slides(slides: Sequence[str | Path], engine: Engine, out_dir: str | Pa
         raise ConfigError(
             f"--batch-size must be >= 1 and --workers >= 0, got {batch_size}, {workers}"
         )
-    listing = collect_slides(slides, recursive=recursive)  # refuses two slides of one name
+    listing = collect_slides(slides, recursive=recursive, mpp=mpp)  # refuses two of one name
     Ranks.from_env(shard)  # a bad --shard is refused before anything is written
     out = check_out_dir(out_dir)
     (out / "attention").mkdir(exist_ok=True)
