@@ -47,8 +47,8 @@ class Ranks:
         world = _env_int("WORLD_SIZE", 1)
         if world > 1:
             if shard is not None:
-                raise ConfigError("--shard splits the slides without torchrun; under torchrun "
-                                  "(WORLD_SIZE > 1) leave it out")
+                raise ConfigError("--shard splits the work (slides, or distill's folds) "
+                                  "without torchrun; under torchrun (WORLD_SIZE > 1) leave it out")
             rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
             if not 0 <= rank < world:
                 raise ConfigError(f"RANK={rank} is not in 0..WORLD_SIZE-1 ({world - 1})")
