@@ -42,6 +42,13 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        # A full disk, a quota, a read-only mount: the writer's error names no file (Pillow,
+        # h5py's own writes) or the hidden temporary one; name the output instead.
+        if exc.errno is not None and exc.filename in (None, str(tmp)):
+            raise OSError(exc.errno, exc.strerror, str(final)) from exc
+        raise
     except BaseException:  # KeyboardInterrupt too: never leave a half-written file behind
         tmp.unlink(missing_ok=True)
         raise

@@ -90,14 +90,14 @@ def no_partial_files(folder: Path) -> None:
 
 def disk_full(monkeypatch, *names: str) -> None:
     """Every atomic write (lrmil.utils.atomic) of a file whose name is one of `names` fails as
-    on a full disk (ENOSPC); the others go through."""
+    on a full disk: ENOSPC naming no file, as write() raises it; the others go through."""
     import errno
 
     real = os.replace
 
     def replace(src, dst, *args, **kwargs):
         if Path(dst).name in names:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(os, "replace", replace)

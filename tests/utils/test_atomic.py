@@ -30,3 +30,24 @@ def test_failure_leaves_nothing_behind(tmp_path, error):
 def test_atomic_write_text(tmp_path):
     atomic_write_text(tmp_path / "a.csv", "slide,error\n")
     assert (tmp_path / "a.csv").read_text() == "slide,error\n"
+
+
+def test_a_failed_write_names_the_output(tmp_path):
+    """A full disk: write() raises ENOSPC naming no file (Pillow, h5py), the rename names the
+    hidden temporary file; the error names the output. An error about another file (a read
+    inside the writer) keeps its own name."""
+    import errno
+    import os
+
+    final = tmp_path / "out.png"
+    with pytest.raises(OSError) as raised, atomic_path(final) as tmp:
+        tmp.write_text("half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert str(raised.value) == f"[Errno 28] No space left on device: '{final}'"
+    with pytest.raises(FileNotFoundError) as raised, atomic_path(final) as tmp:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(tmp))
+    assert raised.value.filename == str(final)
+    with pytest.raises(PermissionError) as raised, atomic_path(final):
+        raise PermissionError(errno.EACCES, "Permission denied", "/data/input.h5")
+    assert raised.value.filename == "/data/input.h5"
+    assert list(tmp_path.iterdir()) == []
