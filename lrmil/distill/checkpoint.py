@@ -4,6 +4,8 @@ the file's metadata."""
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import torch
@@ -15,11 +17,18 @@ from lrmil.utils.atomic import atomic_path
 
 
 def save_module(module: nn.Module, path: Path, meta: dict) -> None:
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"lrmil": json.dumps(meta)})
+        try:
+            save_file(state, str(tmp), metadata={"lrmil": json.dumps(meta)})
+        except SafetensorError as exc:  # its I/O errors (a full disk) are no OSErrors
+            code = re.search(r"\(os error (\d+)\)", str(exc))
+            if code is None:
+                raise
+            raise OSError(int(code[1]), os.strerror(int(code[1]))) from exc  # names `path`
 
 
 def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -201,6 +201,28 @@ def test_a_full_disk_is_one_line_and_leaves_no_file(tmp_path, toy, monkeypatch):
     assert files_under(out) == []
 
 
+def test_a_full_disk_while_saving_weights_is_one_line(tmp_path, toy, monkeypatch):
+    """safetensors reports a full disk as its own SafetensorError (it was 'internal error ... a
+    bug'): one line naming the weights file; what was finished is kept for the re-run."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    real = safetensors.torch.save_file
+
+    def save_file(tensors, filename, *args, **kwargs):
+        if ".teacher.safetensors." in filename:  # its temporary name
+            raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                                  "(os error 28)")
+        return real(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    out = tmp_path / "run"
+    assert_one_error_after_work(_distill(toy, toy / "labels.csv", out),
+                                out / "fold_1" / "teacher.safetensors", "No space left on device")
+    assert not (out / "fold_1" / "teacher.safetensors").exists()
+    assert [f for f in files_under(out) if ".tmp" in f] == []
+
+
 def test_out_is_an_existing_file(tmp_path, toy):
     out = _write(tmp_path / "run", "keep me")
     assert_one_line(_distill(toy, toy / "labels.csv", out), out, "--out must be a folder")
