@@ -152,7 +152,10 @@ def write_pyramid(
         ThreadPoolExecutor(threads) as pool,
         tifffile.TiffWriter(path, bigtiff=width * height * 3 > 2**31) as tiff,
     ):
-        level1 = np.memmap(scratch, np.uint8, "w+", shape=(max(h1, 1), max(w1, 1), 3))
+        shape = (max(h1, 1), max(w1, 1), 3)
+        if hasattr(os, "posix_fallocate"):  # a full disk: ENOSPC here, not SIGBUS in the memmap
+            os.posix_fallocate(scratch.fileno(), 0, int(np.prod(shape)))
+        level1 = np.memmap(scratch, np.uint8, "w+", shape=shape)
         starts = range(0, width, band)
 
         def submit(y0: int) -> list[Future[tuple[np.ndarray | None, list[list[bytes]]]]]:

@@ -276,6 +276,23 @@ def test_a_full_disk_for_the_records_is_one_line(tmp_path, slides, monkeypatch):
     no_partial_files(tmp_path / "out")
 
 
+def test_synth_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    """The level-1 scratch memmap is allocated up front: a full disk was a SIGBUS (exit 135,
+    no message) when a page of it was first written."""
+    import errno
+    import os
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    out = tmp_path / "cohort"
+    result = invoke("synth", out, "--slides", 2, "--size", 512, "--workers", 1)
+    assert_one_error_after_work(result, out / "slides" / "slide_0000.svs",
+                                "No space left on device")
+    assert files_under(out) == []
+
+
 def test_a_missing_slide_is_named_and_the_others_finish(tmp_path, slides):
     missing = tmp_path / "elsewhere" / "gone.svs"
     result = _tile(slides / "good_a.svs", missing, "--out", tmp_path / "out")
