@@ -51,27 +51,29 @@ using Strides2 = std::array<int64_t, 2>;
 using Strides3 = std::array<int64_t, 3>;
 using Strides4 = std::array<int64_t, 4>;
 
-// read_t: whether the kernel reads t (the backward does only for the teacher's gradient).
+// read_st: whether the kernel reads s and t (the backward does only for the teacher's gradient).
 ChildMseParams child_params(int dtype, Strides3 sizes, uintptr_t s, Strides2 s_st, uintptr_t t,
-                            Strides3 t_st, uintptr_t w, Strides2 w_st, uintptr_t tbar,
-                            bool read_t) {
+                            Strides3 t_st, uintptr_t w, Strides2 w_st, uintptr_t resid,
+                            bool read_st) {
   constexpr const char* op = "child_mse";
   ChildMseParams p;
   p.dtype = to_dtype(op, dtype);
   p.n = sizes[0], p.k = sizes[1], p.d = sizes[2];
   check(p.k >= 1 && p.d >= 1, op, "t (N, K, D) needs K >= 1 and D >= 1");
-  check_tensor(op, "s", "(N, D)", ptr(s), {p.n, p.d}, {s_st[0], s_st[1]});
-  if (read_t) check_tensor(op, "t", "(N, K, D)", ptr(t), {p.n, p.k, p.d}, {t_st[0], t_st[1], t_st[2]});
+  if (read_st) {
+    check_tensor(op, "s", "(N, D)", ptr(s), {p.n, p.d}, {s_st[0], s_st[1]});
+    check_tensor(op, "t", "(N, K, D)", ptr(t), {p.n, p.k, p.d}, {t_st[0], t_st[1], t_st[2]});
+  }
   check_tensor(op, "weight", "(N, K)", ptr(w), {p.n, p.k}, {w_st[0], w_st[1]});
   p.s = ptr(s), p.s_sn = s_st[0], p.s_sd = s_st[1];
   p.t = ptr(t), p.t_sn = t_st[0], p.t_sk = t_st[1], p.t_sd = t_st[2];
   p.w = ptr(w), p.w_sn = w_st[0], p.w_sk = w_st[1];
-  p.tbar = ptr(tbar);
+  p.resid = ptr(resid);
   return p;
 }
 
-BlockMseParams block_params(int dtype, Strides4 sizes, uintptr_t S, Strides4 S_st, uintptr_t t,
-                            Strides3 t_st, uintptr_t valid, Strides2 v_st) {
+// The sizes and valid mask of block_mse; the forward also checks S and t.
+BlockMseParams block_params(int dtype, Strides4 sizes, uintptr_t valid, Strides2 v_st) {
   constexpr const char* op = "block_mse";
   BlockMseParams p;
   p.dtype = to_dtype(op, dtype);
@@ -79,12 +81,7 @@ BlockMseParams block_params(int dtype, Strides4 sizes, uintptr_t S, Strides4 S_s
   check(p.r >= 2 && p.g % p.r == 0 && p.d >= 1, op,
         "S (N, G, G, D) needs G a multiple of r >= 2 and D >= 1, got G = " + std::to_string(p.g) +
             ", r = " + std::to_string(p.r) + ", D = " + std::to_string(p.d));
-  const int64_t k = p.r * p.r;
-  check_tensor(op, "S", "(N, G, G, D)", ptr(S), {p.n, p.g, p.g, p.d}, {S_st[0], S_st[1], S_st[2], S_st[3]});
-  check_tensor(op, "t", "(N, K, D)", ptr(t), {p.n, k, p.d}, {t_st[0], t_st[1], t_st[2]});
-  check_tensor(op, "valid", "(N, K)", ptr(valid), {p.n, k}, {v_st[0], v_st[1]});
-  p.S = ptr(S), p.S_sn = S_st[0], p.S_sy = S_st[1], p.S_sx = S_st[2], p.S_sd = S_st[3];
-  p.t = ptr(t), p.t_sn = t_st[0], p.t_sk = t_st[1], p.t_sd = t_st[2];
+  check_tensor(op, "valid", "(N, K)", ptr(valid), {p.n, p.r * p.r}, {v_st[0], v_st[1]});
   p.valid = ptr<const uint8_t>(valid), p.v_sn = v_st[0], p.v_sk = v_st[1];
   return p;
 }
@@ -97,9 +94,9 @@ void bind_align_loss(py::module_& m) {
   m.def(
       "child_mse_fwd",
       [](int dtype, bool cuda, uintptr_t stream, Strides3 sizes, uintptr_t s, Strides2 s_st,
-         uintptr_t t, Strides3 t_st, uintptr_t w, Strides2 w_st, uintptr_t loss, uintptr_t tbar,
+         uintptr_t t, Strides3 t_st, uintptr_t w, Strides2 w_st, uintptr_t loss, uintptr_t resid,
          uintptr_t partial) {
-        ChildMseParams p = child_params(dtype, sizes, s, s_st, t, t_st, w, w_st, tbar, true);
+        ChildMseParams p = child_params(dtype, sizes, s, s_st, t, t_st, w, w_st, resid, true);
         check_tensor("child_mse", "loss", "(N,)", ptr(loss), {p.n}, {1});
         if (cuda) check_tensor("child_mse", "partial", "(N, tiles)", ptr(partial), {p.n, cuda_align_tiles(p.d)}, {1, 1});
         p.loss = ptr(loss);
@@ -107,57 +104,72 @@ void bind_align_loss(py::module_& m) {
         launch(p, cuda, stream, child_mse_fwd_cpu, LRMIL_CUDA_KERNEL(child_mse_fwd_cuda));
       },
       nogil,
-      "child_mse forward: writes loss (N,) and, when tbar != 0, the weighted child mean (N, D); "
+      "child_mse forward: writes loss (N,) and, when resid != 0, s minus the weighted child mean "
+      "(N, D); "
       "on CUDA, partial is (N, cuda_align_tiles(D)) scratch.");
 
   m.def(
       "child_mse_bwd",
       [](int dtype, bool cuda, uintptr_t stream, Strides3 sizes, uintptr_t s, Strides2 s_st,
-         uintptr_t t, Strides3 t_st, uintptr_t w, Strides2 w_st, uintptr_t tbar, uintptr_t grad,
+         uintptr_t t, Strides3 t_st, uintptr_t w, Strides2 w_st, uintptr_t resid, uintptr_t grad,
          uintptr_t ds, uintptr_t dt) {
-        ChildMseParams p = child_params(dtype, sizes, s, s_st, t, t_st, w, w_st, tbar, dt != 0);
+        ChildMseParams p = child_params(dtype, sizes, s, s_st, t, t_st, w, w_st, resid, dt != 0);
         check_tensor("child_mse", "grad", "(N,)", ptr(grad), {p.n}, {1});
-        if (ds != 0) check_tensor("child_mse", "tbar", "(N, D)", ptr(tbar), {p.n, p.d}, {p.d, 1});
+        if (ds != 0) check_tensor("child_mse", "resid", "(N, D)", ptr(resid), {p.n, p.d}, {p.d, 1});
         p.grad = ptr(grad), p.ds = ptr(ds), p.dt = ptr(dt);
         launch(p, cuda, stream, child_mse_bwd_cpu, LRMIL_CUDA_KERNEL(child_mse_bwd_cuda));
       },
-      nogil, "child_mse backward: writes ds (N, D) when ds != 0 and dt (N, K, D) when dt != 0.");
+      nogil,
+      "child_mse backward: writes ds (N, D) from resid when ds != 0 and dt (N, K, D) from s and t "
+      "when dt != 0.");
 
   m.def(
       "block_mse_fwd",
       [](int dtype, bool cuda, uintptr_t stream, Strides4 sizes, uintptr_t S, Strides4 S_st,
          uintptr_t t, Strides3 t_st, uintptr_t valid, Strides2 v_st, uintptr_t loss,
-         uintptr_t partial) {
-        BlockMseParams p = block_params(dtype, sizes, S, S_st, t, t_st, valid, v_st);
-        check_tensor("block_mse", "loss", "(N,)", ptr(loss), {p.n}, {1});
+         uintptr_t resid, uintptr_t partial) {
+        constexpr const char* op = "block_mse";
+        BlockMseParams p = block_params(dtype, sizes, valid, v_st);
+        const int64_t k = p.r * p.r;
+        check_tensor(op, "S", "(N, G, G, D)", ptr(S), {p.n, p.g, p.g, p.d}, {S_st[0], S_st[1], S_st[2], S_st[3]});
+        check_tensor(op, "t", "(N, K, D)", ptr(t), {p.n, k, p.d}, {t_st[0], t_st[1], t_st[2]});
+        check_tensor(op, "loss", "(N,)", ptr(loss), {p.n}, {1});
+        if (resid != 0) check_tensor(op, "resid", "(N, K, D)", ptr(resid), {p.n, k, p.d}, {k * p.d, p.d, 1});
         if (cuda) {
-          check_tensor("block_mse", "partial", "(N, K, tiles)", ptr(partial),
-                       {p.n, p.r * p.r, cuda_align_tiles(p.d)}, {1, 1, 1});
+          check_tensor(op, "partial", "(N, K, tiles)", ptr(partial), {p.n, k, cuda_align_tiles(p.d)}, {1, 1, 1});
         }
+        p.S = ptr(S), p.S_sn = S_st[0], p.S_sy = S_st[1], p.S_sx = S_st[2], p.S_sd = S_st[3];
+        p.t = ptr(t), p.t_sn = t_st[0], p.t_sk = t_st[1], p.t_sd = t_st[2];
         p.loss = ptr(loss);
+        p.resid = ptr(resid);
         p.partial = ptr(partial);
         launch(p, cuda, stream, block_mse_fwd_cpu, LRMIL_CUDA_KERNEL(block_mse_fwd_cuda));
       },
       nogil,
-      "block_mse forward: writes loss (N,). sizes = (N, G, r, D); on CUDA, partial is "
-      "(N, r * r, cuda_align_tiles(D)) scratch.");
+      "block_mse forward: writes loss (N,) and, when resid != 0, the block means minus t "
+      "(N, K, D). sizes = (N, G, r, D); on CUDA, partial is (N, r * r, cuda_align_tiles(D)) "
+      "scratch.");
 
   m.def("align_loss_cuda_tiles", &cuda_align_tiles, py::arg("d"),
         "Feature tiles per row (and child) of the CUDA alignment loss kernels.");
 
   m.def(
       "block_mse_bwd",
-      [](int dtype, bool cuda, uintptr_t stream, Strides4 sizes, uintptr_t S, Strides4 S_st,
-         uintptr_t t, Strides3 t_st, uintptr_t valid, Strides2 v_st, uintptr_t grad, uintptr_t dS,
-         uintptr_t dt) {
-        BlockMseParams p = block_params(dtype, sizes, S, S_st, t, t_st, valid, v_st);
-        check_tensor("block_mse", "grad", "(N,)", ptr(grad), {p.n}, {1});
-        check_tensor("block_mse", "dS", "(N, G, G, D)", ptr(dS), {p.n, p.g, p.g, p.d},
+      [](int dtype, bool cuda, uintptr_t stream, Strides4 sizes, uintptr_t valid, Strides2 v_st,
+         uintptr_t resid, uintptr_t grad, uintptr_t dS, uintptr_t dt) {
+        constexpr const char* op = "block_mse";
+        BlockMseParams p = block_params(dtype, sizes, valid, v_st);
+        const int64_t k = p.r * p.r;
+        check_tensor(op, "resid", "(N, K, D)", ptr(resid), {p.n, k, p.d}, {k * p.d, p.d, 1});
+        check_tensor(op, "grad", "(N,)", ptr(grad), {p.n}, {1});
+        check_tensor(op, "dS", "(N, G, G, D)", ptr(dS), {p.n, p.g, p.g, p.d},
                      {p.g * p.g * p.d, p.g * p.d, p.d, 1});
-        p.grad = ptr(grad), p.dS = ptr(dS), p.dt = ptr(dt);
+        p.resid = ptr(resid), p.grad = ptr(grad), p.dS = ptr(dS), p.dt = ptr(dt);
         launch(p, cuda, stream, block_mse_bwd_cpu, LRMIL_CUDA_KERNEL(block_mse_bwd_cuda));
       },
-      nogil, "block_mse backward: writes dS (N, G, G, D) and, when dt != 0, dt (N, K, D).");
+      nogil,
+      "block_mse backward: writes dS (N, G, G, D) and, when dt != 0, dt (N, K, D), from the "
+      "forward's resid alone.");
 }
 
 }  // namespace lrmil

@@ -1,12 +1,12 @@
 // CPU kernels of the alignment loss (see lrmil/align_loss.h for the math).
 //
-// Work is split into (row, chunk of features) tasks: whole rows (up to kChunk features) when
-// there are many rows, so each task streams its rows of t and S in long contiguous runs, and
-// short chunks when N is small, so that a few rows still fill the cores. The split depends on
-// the shapes only; each task writes its partial loss to its own slot and the partials are summed
-// per row in a fixed order afterwards, so results are bit-identical whatever the thread count.
-// Inner loops run over contiguous features (a compile-time stride of 1 in the common case) and
-// vectorise.
+// Work is split into (block of rows, chunk of features) tasks: whole rows (up to kChunk
+// features) in blocks of several rows when there are many rows, so each task streams its part of
+// t and S in long contiguous runs, and single rows in short chunks when N is small, so that a few
+// rows still fill the cores. The split depends on the shapes only; each task writes the partial
+// loss of each of its rows to its own slot and the partials are summed per row in a fixed order
+// afterwards, so results are bit-identical whatever the thread count. Inner loops run over
+// contiguous features (a compile-time stride of 1 in the common case) and vectorise.
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
@@ -16,27 +16,46 @@
 
 #include "lrmil/align_loss.h"
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace lrmil {
 namespace {
 
 constexpr int64_t kChunk = 1024;       // the most features per task (stack buffers)
 constexpr int64_t kSmallChunk = 128;   // features per task when N is small
 constexpr int64_t kManyRows = 64;      // from this many rows on, tasks take whole rows
+constexpr int64_t kMaxBlockRows = 32;  // rows per task, at most (child_mse)
 constexpr int64_t kParallelWork = 1 << 16;  // fewer elements read than this: one thread
-constexpr int64_t kBandAcc = 4 * kChunk;    // block_mse: r block sums of a chunk (stack buffers)
+constexpr int64_t kBandAcc = 4 * kChunk;    // block_mse backward: a band's r cell gradients
 
 struct Chunking {
-  int64_t d, size, count;
+  int64_t d, size, count;  // features, features per chunk, chunks per row
+  int64_t rows;            // rows per task
 };
 
-// Chunks of at most max_size features (block_mse keeps r chunk-sized sums per task).
-Chunking chunking(int64_t n, int64_t d, int64_t max_size = kChunk) {
-  const int64_t size = std::min(n >= kManyRows ? kChunk : kSmallChunk, max_size);
-  return {d, size, (d + size - 1) / size};
+// Chunks of at most max_size features (block_mse's backward keeps r chunk-sized cell gradients
+// per task); with many rows, blocks of up to max_rows rows, at least 32 blocks (load balance on a
+// busy machine).
+Chunking chunking(int64_t n, int64_t d, int64_t max_size = kChunk, int64_t max_rows = 1) {
+  const bool many = n >= kManyRows;
+  const int64_t size = std::min(many ? kChunk : kSmallChunk, max_size);
+  const int64_t rows = many ? std::clamp<int64_t>(n / 32, 1, max_rows) : 1;
+  return {d, size, (d + size - 1) / size, rows};
 }
 
+// Blocks of up to 8 rows: with G = 16, D = 768 and fp32 a task writes 6 MB of dS, so that the two
+// threads seldom first-touch the same huge page of a fresh dS at once.
 Chunking block_chunking(const BlockMseParams& p) {
-  return chunking(p.n, p.d, std::max<int64_t>(1, kBandAcc / p.r));
+  return chunking(p.n, p.d, std::max<int64_t>(1, kBandAcc / p.r), 8);
 }
 
 // Feature stride: 1 at compile time when every input is contiguous along D.
@@ -49,24 +68,38 @@ inline int64_t fstride(int64_t stride) {
 template <typename T, bool Contig>
 constexpr bool kFastF32 = Contig && std::is_same_v<T, float>;
 
-// Runs task(row, d0, len, slot) over all (row, feature chunk) pairs, in parallel when the
-// work (elements read per feature, over all rows) is worth waking the thread team. Dynamic
-// scheduling: on a busy machine a thread that is not scheduled does not hold up the others'
-// share (each task writes its own slot, so the results do not depend on who ran it).
+// Runs task(row0, row1, d0, len, chunk) over all (block of rows, feature chunk) pairs, in
+// parallel when the work (elements read per feature, over all rows) is worth waking the thread
+// team. Dynamic scheduling: on a busy machine a thread that is not scheduled does not hold up
+// the others' share (each task writes its own slots, so the results do not depend on who ran it).
+// The blocks are cut into one run per thread and handed out from the runs in turn, so that the
+// threads work far apart: two threads first-touching the same huge page of a fresh output wait
+// on each other (measured: 2-3x the system time of writing a fresh 805 MB dS).
 template <typename Task>
 void for_each_chunk(int64_t n, const Chunking& ch, int64_t elems_per_feature, Task task) {
-  const int64_t tasks = n * ch.count, d = ch.d;
+  const int64_t blocks = (n + ch.rows - 1) / ch.rows, d = ch.d;
   const bool parallel = n * d * elems_per_feature >= kParallelWork;
-#pragma omp parallel for schedule(dynamic, 1) if (parallel)
-  for (int64_t job = 0; job < tasks; ++job) {
-    const int64_t row = job / ch.count;
-    const int64_t d0 = (job % ch.count) * ch.size;
-    task(row, d0, std::min(ch.size, d - d0), job);
+#pragma omp parallel if (parallel)
+  {
+#if defined(_OPENMP)
+    const int64_t runs = omp_get_num_threads();
+#else
+    const int64_t runs = 1;
+#endif
+    const int64_t run_len = (blocks + runs - 1) / runs;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t job = 0; job < runs * run_len * ch.count; ++job) {
+      const int64_t slot = job / ch.count, chunk = job % ch.count;
+      const int64_t block = (slot % runs) * run_len + slot / runs;
+      if (block >= blocks) continue;
+      const int64_t row0 = block * ch.rows, d0 = chunk * ch.size;
+      task(row0, std::min(n, row0 + ch.rows), d0, std::min(ch.size, d - d0), chunk);
+    }
   }
 }
 
-// loss[i] = scale(i) * sum of the row's chunk partials, in chunk order. Serial: it is tiny
-// next to the chunk tasks and not worth a second wake-up of the thread team.
+// loss[i] = scale(i) * sum of the row's chunk partials (partial[i * chunks + chunk]), in chunk
+// order. Serial: it is tiny next to the chunk tasks and not worth a second wake-up of the team.
 template <typename A, typename Scale>
 void reduce_rows(int64_t n, const Chunking& ch, const std::vector<A>& partial, A* loss,
                  Scale scale) {
@@ -96,80 +129,42 @@ LRMIL_INLINE A sum_lanes(A* lane) {
   return lane[0];
 }
 
-// child_mse reads up to kGroup children at once when each child's chunk spans at least a page:
-// kGroup page-long streams keep more cache misses in flight than one (measured: 13% faster at
-// D = 1024 fp32, 20% with the child mean), but shorter streams defeat the hardware prefetcher
-// (25% slower at D = 512), and then the children go one by one, in memory order.
-constexpr int kGroup = 4;
-constexpr int64_t kPageBytes = 4096;
-
-template <typename A>
-struct ChildTerms {
-  A err, mean;  // sum_c w_c (t_cj - s_j)^2 and sum_c w_c t_cj at one feature j
-};
-
-// Up to kGroup children, as separate pointers and weights: loop invariants held in registers.
-template <typename T, typename A>
-struct Group {
-  const T *t0, *t1, *t2, *t3;
-  A w0, w1, w2, w3;
-};
-
-template <int NC, typename T, typename A>
-LRMIL_INLINE ChildTerms<A> child_terms(const Group<T, A>& g, int64_t st, A s, int64_t j) {
-  const auto term = [&](const T* t, A w, ChildTerms<A>& r) {
-    const A tv = load(t + j * st);
-    r.err += w * sq(tv - s);
-    r.mean += w * tv;
-  };
-  ChildTerms<A> r{0, 0};
-  term(g.t0, g.w0, r);
-  if constexpr (NC > 1) term(g.t1, g.w1, r);
-  if constexpr (NC > 2) term(g.t2, g.w2, r);
-  if constexpr (NC > 3) term(g.t3, g.w3, r);
-  return r;
-}
-
-// sum_j sum_c w_c (t_cj - s_j)^2 over a group of NC children; with Mean also
-// mean_j += sum_c w_c t_cj, from the same read of t.
-template <int NC, bool Mean, typename T, typename A>
-LRMIL_INLINE A child_group(const Group<T, A> g, int64_t st, const A* s, A* mean, int64_t len) {
+// sum_c w_c sum_j (t_cj - s_j)^2 over one row's chunk, children with weight 0 never read, the
+// others one by one in memory order (one stream: several side by side, from other children or
+// rows, measured slower with huge pages); with Resid also resid_j = s_j - sum_c w_c t_cj / W,
+// from the same read of t, the sum accumulating in resid itself. Rows with W <= 0 are not read.
+template <bool Resid, typename T, typename A>
+LRMIL_INLINE A child_row(const T* t, int64_t t_sk, int64_t t_sd, const A* w, int64_t w_sk,
+                         int64_t k, A total, const A* s, A* resid, int64_t len) {
+  if (Resid) std::fill(resid, resid + len, A(0));
+  if (!(total > A(0))) return 0;
   A err = 0;
-#pragma omp simd reduction(+ : err)
-  for (int64_t j = 0; j < len; ++j) {
-    const ChildTerms<A> r = child_terms<NC>(g, st, s[j], j);
-    err += r.err;
-    if (Mean) mean[j] += r.mean;
+  for (int64_t c = 0; c < k; ++c) {
+    const A wc = w[c * w_sk];
+    if (wc == A(0)) continue;
+    const T* tc = t + c * t_sk;
+    A e = 0;
+#pragma omp simd reduction(+ : e)
+    for (int64_t j = 0; j < len; ++j) {
+      const A tv = load(tc + j * t_sd);
+      e += wc * sq(tv - s[j]);
+      if (Resid) resid[j] += wc * tv;
+    }
+    err += e;
+  }
+  if (Resid) {
+    const A inv_total = A(1) / total;
+    for (int64_t j = 0; j < len; ++j) resid[j] = s[j] - resid[j] * inv_total;
   }
   return err;
 }
 
-template <bool Mean, typename T, typename A>
-LRMIL_INLINE A child_group_n(const Group<T, A>& g, int nc, int64_t st, const A* s, A* mean,
-                             int64_t len) {
-  static_assert(kGroup == 4, "one case per group size");
-  switch (nc) {
-    case 4: return child_group<4, Mean>(g, st, s, mean, len);
-    case 3: return child_group<3, Mean>(g, st, s, mean, len);
-    case 2: return child_group<2, Mean>(g, st, s, mean, len);
-    default: return child_group<1, Mean>(g, st, s, mean, len);
-  }
-}
-
-LRMIL_CLONES float child_group_f32(const Group<float, float>& g, int nc, const float* s,
-                                   float* mean, int64_t len) {
-  return mean != nullptr ? child_group_n<true>(g, nc, int64_t(1), s, mean, len)
-                         : child_group_n<false>(g, nc, int64_t(1), s, mean, len);
-}
-
-template <bool Mean, bool Contig, typename T, typename A>
-inline A child_group_any(const Group<T, A>& g, int nc, int64_t st, const A* s, A* mean,
-                         int64_t len) {
-  if constexpr (kFastF32<T, Contig>) {
-    return child_group_f32(g, nc, s, mean, len);
-  } else {
-    return child_group_n<Mean>(g, nc, fstride<Contig>(st), s, mean, len);
-  }
+LRMIL_CLONES float child_row_f32(const float* t, int64_t t_sk, const float* w, int64_t w_sk,
+                                 int64_t k, float total, const float* s, float* resid,
+                                 int64_t len) {
+  return resid != nullptr
+             ? child_row<true>(t, t_sk, int64_t(1), w, w_sk, k, total, s, resid, len)
+             : child_row<false>(t, t_sk, int64_t(1), w, w_sk, k, total, s, resid, len);
 }
 
 // m_j = sum of the b x b cells of a block (cells sy / sx apart), kLanes features at a time with
@@ -220,79 +215,114 @@ inline void block_mean(const BlockMseParams& p, const T* Si, int64_t k, int64_t 
   for (int64_t j = 0; j < len; ++j) m[j] *= inv_area;
 }
 
-// sum_j (m_j - t_j)^2 over one child's chunk.
+// sum_j (m_j - t_j)^2 over one child's chunk; with resid (not null) also resid_j = m_j - t_j, all
+// the backward needs.
 template <typename T, typename A>
-LRMIL_INLINE A block_dist(const A* m, const T* t, int64_t st, int64_t len) {
+LRMIL_INLINE A block_dist(const A* m, const T* t, int64_t st, A* resid, int64_t len) {
   A lane[kLanes] = {};
   int64_t j = 0;
   for (; j + kLanes <= len; j += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) lane[l] += sq(m[j + l] - A(load(t + (j + l) * st)));
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const A diff = m[j + l] - A(load(t + (j + l) * st));
+      lane[l] += sq(diff);
+      if (resid != nullptr) resid[j + l] = diff;
+    }
   }
-  for (; j < len; ++j) lane[j % kLanes] += sq(m[j] - A(load(t + j * st)));
+  for (; j < len; ++j) {
+    const A diff = m[j] - A(load(t + j * st));
+    lane[j % kLanes] += sq(diff);
+    if (resid != nullptr) resid[j] = diff;
+  }
   return sum_lanes(lane);
 }
 
-LRMIL_CLONES float block_dist_f32(const float* m, const float* t, int64_t len) {
-  return block_dist(m, t, int64_t(1), len);
+LRMIL_CLONES float block_dist_f32(const float* m, const float* t, float* resid, int64_t len) {
+  return resid != nullptr ? block_dist(m, t, int64_t(1), resid, len)
+                          : block_dist(m, t, int64_t(1), static_cast<float*>(nullptr), len);
+}
+
+// ---- writing a big gradient ----
+// A fresh page (first touch) is zeroed by the kernel, which leaves its lines in the cache: plain
+// stores into it are the cheapest. An already mapped page (a buffer reused from the heap) is in
+// memory only, and there streaming stores skip reading each line before writing it (block_mse's
+// dS, reused: 2.5x faster to write on one core). Whether the page is mapped says which.
+bool mapped(const void* p) {
+#if defined(__linux__)
+  static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  unsigned char in_core = 0;
+  void* start = reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(p) & ~(page - 1));
+  return mincore(start, 1, &in_core) == 0 && (in_core & 1) != 0;
+#else
+  (void)p;
+  return false;
+#endif
+}
+
+// memcpy, with streaming stores for the 16-byte aligned body when `stream`.
+void copy_out(void* dst, const void* src, size_t bytes, bool stream) {
+#if defined(__SSE2__)
+  if (stream) {
+    auto* d = static_cast<char*>(dst);
+    const auto* s = static_cast<const char*>(src);
+    const size_t head = std::min(bytes, (16 - reinterpret_cast<uintptr_t>(d) % 16) % 16);
+    std::memcpy(d, s, head);
+    size_t i = head;
+    for (; i + 16 <= bytes; i += 16) {
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i),
+                       _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
+    }
+    std::memcpy(d + i, s + i, bytes - i);
+    return;
+  }
+#endif
+  (void)stream;
+  std::memcpy(dst, src, bytes);
+}
+
+// Orders the streaming stores before the results are used (they are weakly ordered).
+void end_streaming() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
 }
 
 // ---- kernels ----
 
-// Mean: also write tbar (only when s needs a gradient).
-template <typename T, bool Contig, bool Mean>
+// Resid: also write resid = s - tbar (only when s needs a gradient).
+template <typename T, bool Contig, bool Resid>
 void child_mse_fwd_impl(const ChildMseParams& p) {
   using A = acc_t<T>;
   const T* s = static_cast<const T*>(p.s);
   const T* t = static_cast<const T*>(p.t);
   const A* w = static_cast<const A*>(p.w);
-  A* tbar = static_cast<A*>(p.tbar);
-  const int64_t s_sd = fstride<Contig>(p.s_sd);
-  const Chunking ch = chunking(p.n, p.d);
+  A* resid = static_cast<A*>(p.resid);
+  const int64_t s_sd = fstride<Contig>(p.s_sd), t_sd = fstride<Contig>(p.t_sd);
+  const Chunking ch = chunking(p.n, p.d, kChunk, kMaxBlockRows);
   std::vector<A> partial(p.n * ch.count);
 
-  for_each_chunk(p.n, ch, p.k, [&](int64_t i, int64_t d0, int64_t len, int64_t slot) {
-    const A* wi = w + i * p.w_sn;
-    const A total = weight_sum(wi, p.k, p.w_sk);
-    A* tb = Mean ? tbar + i * p.d + d0 : nullptr;
-    if (!(total > A(0))) {
-      if (Mean) std::fill(tb, tb + len, A(0));
-      partial[slot] = 0;
-      return;
-    }
-    // The student's chunk in the accumulation type (read in place when it already is).
-    A buf[kChunk];
-    const T* si = s + i * p.s_sn + d0 * s_sd;
-    const A* sv = buf;
-    if constexpr (Contig && std::is_same_v<T, A>) {
-      sv = si;
-    } else {
-      for (int64_t j = 0; j < len; ++j) buf[j] = load(si + j * s_sd);
-    }
-    if (Mean) std::fill(tb, tb + len, A(0));
-    // Children with weight 0 are never read; the others go in groups (see kGroup).
-    const int group = len * int64_t(sizeof(T)) >= kPageBytes ? kGroup : 1;
-    const T* group_t[kGroup] = {};
-    A group_w[kGroup] = {};
-    int nc = 0;
-    A err = 0;
-    for (int64_t c = 0; c < p.k; ++c) {
-      const A wk = wi[c * p.w_sk];
-      if (wk != A(0)) {
-        group_t[nc] = t + i * p.t_sn + c * p.t_sk + d0 * fstride<Contig>(p.t_sd);
-        group_w[nc++] = wk;
+  for_each_chunk(p.n, ch, p.k, [&](int64_t r0, int64_t r1, int64_t d0, int64_t len, int64_t chunk) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const A* wi = w + i * p.w_sn;
+      const A total = weight_sum(wi, p.k, p.w_sk);
+      const T* ti = t + i * p.t_sn + d0 * t_sd;
+      A* ri = Resid ? resid + i * p.d + d0 : nullptr;
+      // The student's chunk in the accumulation type (read in place when it already is).
+      A buf[kChunk];
+      const T* si = s + i * p.s_sn + d0 * s_sd;
+      const A* sv = buf;
+      if constexpr (Contig && std::is_same_v<T, A>) {
+        sv = si;
+      } else if (total > A(0)) {
+        for (int64_t j = 0; j < len; ++j) buf[j] = load(si + j * s_sd);
       }
-      if (nc == group || (c == p.k - 1 && nc > 0)) {
-        const Group<T, A> g{group_t[0], group_t[1], group_t[2], group_t[3],
-                            group_w[0], group_w[1], group_w[2], group_w[3]};
-        err += child_group_any<Mean, Contig>(g, nc, p.t_sd, sv, tb, len);
-        nc = 0;
+      A err;
+      if constexpr (kFastF32<T, Contig>) {
+        err = child_row_f32(ti, p.t_sk, wi, p.w_sk, p.k, total, sv, ri, len);
+      } else {
+        err = child_row<Resid>(ti, p.t_sk, t_sd, wi, p.w_sk, p.k, total, sv, ri, len);
       }
+      partial[i * ch.count + chunk] = err;
     }
-    if (Mean) {
-      const A inv_total = A(1) / total;
-      for (int64_t j = 0; j < len; ++j) tb[j] *= inv_total;
-    }
-    partial[slot] = err;
   });
   reduce_rows(p.n, ch, partial, static_cast<A*>(p.loss), [&](int64_t i) {
     return child_mse_scale(weight_sum(w + i * p.w_sn, p.k, p.w_sk), p.d);
@@ -305,28 +335,26 @@ void child_mse_bwd_impl(const ChildMseParams& p) {
   const T* s = static_cast<const T*>(p.s);
   const T* t = static_cast<const T*>(p.t);
   const A* w = static_cast<const A*>(p.w);
-  const A* tbar = static_cast<const A*>(p.tbar);
+  const A* resid = static_cast<const A*>(p.resid);
   const A* grad = static_cast<const A*>(p.grad);
   T* ds = static_cast<T*>(p.ds);
   T* dt = static_cast<T*>(p.dt);
   const int64_t s_sd = fstride<Contig>(p.s_sd), t_sd = fstride<Contig>(p.t_sd);
-  // ds alone reads s and tbar and writes ds: O(N D), never t.
+  // ds alone reads resid and writes ds: O(N D), never s or t.
   const int64_t reads_per_feature = dt != nullptr ? p.k : 1;
 
-  const auto task = [&](int64_t i, int64_t d0, int64_t len, int64_t) {
+  const auto row_task = [&](int64_t i, int64_t d0, int64_t len) {
     const A* wi = w + i * p.w_sn;
     const A total = weight_sum(wi, p.k, p.w_sk);
     const A g_scale = grad[i] * child_mse_scale(total, p.d);
-    const T* si = s + i * p.s_sn + d0 * s_sd;
     if (ds != nullptr) {
-      const A* tb = tbar + i * p.d + d0;
+      const A* ri = resid + i * p.d + d0;
       const A g_total = g_scale * total;
       T* dsi = ds + i * p.d + d0;
-      for (int64_t j = 0; j < len; ++j) {
-        store(dsi + j, child_mse_grad_s(g_total, A(load(si + j * s_sd)), tb[j]));
-      }
+      for (int64_t j = 0; j < len; ++j) store(dsi + j, child_mse_grad_s(g_total, ri[j]));
     }
     if (dt == nullptr) return;
+    const T* si = s + i * p.s_sn + d0 * s_sd;
     A sv[kChunk];
     for (int64_t j = 0; j < len; ++j) sv[j] = load(si + j * s_sd);
     for (int64_t c = 0; c < p.k; ++c) {
@@ -340,7 +368,10 @@ void child_mse_bwd_impl(const ChildMseParams& p) {
       for (int64_t j = 0; j < len; ++j) store(dtk + j, child_mse_grad_t(gw, A(load(tk + j * t_sd)), sv[j]));
     }
   };
-  for_each_chunk(p.n, chunking(p.n, p.d), reads_per_feature, task);
+  for_each_chunk(p.n, chunking(p.n, p.d, kChunk, kMaxBlockRows), reads_per_feature,
+                 [&](int64_t r0, int64_t r1, int64_t d0, int64_t len, int64_t) {
+                   for (int64_t i = r0; i < r1; ++i) row_task(i, d0, len);
+                 });
 }
 
 template <typename T, bool Contig>
@@ -348,92 +379,95 @@ void block_mse_fwd_impl(const BlockMseParams& p) {
   using A = acc_t<T>;
   const T* S = static_cast<const T*>(p.S);
   const T* t = static_cast<const T*>(p.t);
+  A* resid = static_cast<A*>(p.resid);
   const int64_t k = p.r * p.r, t_sd = fstride<Contig>(p.t_sd);
   const Chunking ch = block_chunking(p);
   std::vector<A> partial(p.n * ch.count);
 
-  for_each_chunk(p.n, ch, p.g * p.g + k, [&](int64_t i, int64_t d0, int64_t len, int64_t slot) {
-    const uint8_t* vi = p.valid + i * p.v_sn;
-    A m[kBandAcc];
-    A err = 0;
-    for (int64_t v = 0; v < p.r; ++v) {
-      for (int64_t u = 0; u < p.r; ++u) {
-        const int64_t c = v * p.r + u;
-        if (!vi[c * p.v_sk]) continue;  // invalid children are never read
-        block_mean<Contig>(p, S + i * p.S_sn, c, d0, len, m + u * len);
+  for_each_chunk(p.n, ch, p.g * p.g + k, [&](int64_t r0, int64_t r1, int64_t d0, int64_t len, int64_t chunk) {
+    for (int64_t i = r0; i < r1; ++i) {
+      const uint8_t* vi = p.valid + i * p.v_sn;
+      A m[kChunk];
+      A err = 0;
+      for (int64_t c = 0; c < k; ++c) {
+        A* rc = resid != nullptr ? resid + (i * k + c) * p.d + d0 : nullptr;
+        if (!vi[c * p.v_sk]) {  // invalid children are never read; their residual is 0
+          if (rc != nullptr) std::fill(rc, rc + len, A(0));
+          continue;
+        }
+        block_mean<Contig>(p, S + i * p.S_sn, c, d0, len, m);
         const T* tk = t + i * p.t_sn + c * p.t_sk + d0 * t_sd;
         if constexpr (kFastF32<T, Contig>) {
-          err += block_dist_f32(m + u * len, tk, len);
+          err += block_dist_f32(m, tk, rc, len);
         } else {
-          err += block_dist(m + u * len, tk, t_sd, len);
+          err += block_dist(m, tk, t_sd, rc, len);
         }
       }
+      partial[i * ch.count + chunk] = err;
     }
-    partial[slot] = err;
   });
   reduce_rows(p.n, ch, partial, static_cast<A*>(p.loss), [&](int64_t i) {
     return block_mse_scale<A>(count_valid(p.valid + i * p.v_sn, k, p.v_sk), p.d);
   });
 }
 
-template <typename T, bool Contig>
+// From the forward's residuals alone (S and t are not read again): each band of r children
+// writes its b rows of dS in memory order.
+template <typename T>
 void block_mse_bwd_impl(const BlockMseParams& p) {
   using A = acc_t<T>;
-  const T* S = static_cast<const T*>(p.S);
-  const T* t = static_cast<const T*>(p.t);
+  const A* resid = static_cast<const A*>(p.resid);
   const A* grad = static_cast<const A*>(p.grad);
   T* dS = static_cast<T*>(p.dS);
   T* dt = static_cast<T*>(p.dt);
-  const int64_t k = p.r * p.r, b = p.g / p.r, t_sd = fstride<Contig>(p.t_sd);
+  const int64_t k = p.r * p.r, b = p.g / p.r;
   const A inv_area = A(1) / A(b * b);
 
-  // One pass: each task reads its chunk of S and t once and writes dS (and dt) once, band by
-  // band in memory order; the block means are recomputed rather than stored as (N, K, D).
-  const auto task = [&](int64_t i, int64_t d0, int64_t len, int64_t) {
-    const uint8_t* vi = p.valid + i * p.v_sn;
-    const A g_scale = grad[i] * block_mse_scale<A>(count_valid(vi, k, p.v_sk), p.d);
-    A gm[kBandAcc];
+  const auto row_task = [&](int64_t i, int64_t d0, int64_t len, bool streaming) {
+    const A g_scale = grad[i] * block_mse_scale<A>(count_valid(p.valid + i * p.v_sn, k, p.v_sk), p.d);
     T cell_grad[kBandAcc];  // per child of the band: the gradient of each of its cells
     for (int64_t v = 0; v < p.r; ++v) {
       for (int64_t u = 0; u < p.r; ++u) {
         const int64_t c = v * p.r + u;
-        A* gmu = gm + u * len;
-        if (vi[c * p.v_sk]) {
-          block_mean<Contig>(p, S + i * p.S_sn, c, d0, len, gmu);
-          const T* tk = t + i * p.t_sn + c * p.t_sk + d0 * t_sd;
-          for (int64_t j = 0; j < len; ++j) {
-            gmu[j] = block_mse_grad_m(g_scale, gmu[j], A(load(tk + j * t_sd)));
-          }
-        } else {
-          std::fill(gmu, gmu + len, A(0));
+        const A* rc = resid + (i * k + c) * p.d + d0;
+        T* cg = cell_grad + u * len;
+        T* dtc = dt != nullptr ? dt + (i * k + c) * p.d + d0 : nullptr;
+        for (int64_t j = 0; j < len; ++j) {
+          const A gm = block_mse_grad_m(g_scale, rc[j]);
+          store(cg + j, gm * inv_area);
+          if (dtc != nullptr) store(dtc + j, -gm);
         }
-        if (dt != nullptr) {
-          T* dtk = dt + (i * k + c) * p.d + d0;
-          for (int64_t j = 0; j < len; ++j) store(dtk + j, -gmu[j]);
-        }
-        for (int64_t j = 0; j < len; ++j) store(cell_grad + u * len + j, gmu[j] * inv_area);
       }
       for (int64_t y = v * b; y < v * b + b; ++y) {
         for (int64_t x = 0; x < p.g; ++x) {
-          std::memcpy(dS + ((i * p.g + y) * p.g + x) * p.d + d0, cell_grad + (x / b) * len,
-                      len * sizeof(T));
+          copy_out(dS + ((i * p.g + y) * p.g + x) * p.d + d0, cell_grad + (x / b) * len,
+                   len * sizeof(T), streaming);
         }
       }
     }
   };
-  for_each_chunk(p.n, block_chunking(p), p.g * p.g + k, task);
+  // Which blocks of rows start in mapped pages, asked before any task writes (a task's first
+  // touch would map its neighbour's pages).
+  const Chunking ch = block_chunking(p);
+  std::vector<uint8_t> stream((p.n + ch.rows - 1) / ch.rows);
+  for (size_t q = 0; q < stream.size(); ++q) stream[q] = mapped(dS + q * ch.rows * p.g * p.g * p.d);
+  for_each_chunk(p.n, ch, p.g * p.g + k, [&](int64_t r0, int64_t r1, int64_t d0, int64_t len, int64_t) {
+    const bool streaming = stream[r0 / ch.rows] != 0;
+    for (int64_t i = r0; i < r1; ++i) row_task(i, d0, len, streaming);
+    if (streaming) end_streaming();
+  });
 }
 
 }  // namespace
 
 void child_mse_fwd_cpu(const ChildMseParams& p) {
   const bool contig = p.s_sd == 1 && p.t_sd == 1;
-  const bool mean = p.tbar != nullptr;
+  const bool resid = p.resid != nullptr;
   LRMIL_DISPATCH_FLOAT_TYPES(p.dtype, "child_mse", [&] {
     if (contig) {
-      mean ? child_mse_fwd_impl<scalar_t, true, true>(p) : child_mse_fwd_impl<scalar_t, true, false>(p);
+      resid ? child_mse_fwd_impl<scalar_t, true, true>(p) : child_mse_fwd_impl<scalar_t, true, false>(p);
     } else {
-      mean ? child_mse_fwd_impl<scalar_t, false, true>(p) : child_mse_fwd_impl<scalar_t, false, false>(p);
+      resid ? child_mse_fwd_impl<scalar_t, false, true>(p) : child_mse_fwd_impl<scalar_t, false, false>(p);
     }
   });
 }
@@ -453,10 +487,7 @@ void block_mse_fwd_cpu(const BlockMseParams& p) {
 }
 
 void block_mse_bwd_cpu(const BlockMseParams& p) {
-  const bool contig = p.S_sd == 1 && p.t_sd == 1;
-  LRMIL_DISPATCH_FLOAT_TYPES(p.dtype, "block_mse", [&] {
-    contig ? block_mse_bwd_impl<scalar_t, true>(p) : block_mse_bwd_impl<scalar_t, false>(p);
-  });
+  LRMIL_DISPATCH_FLOAT_TYPES(p.dtype, "block_mse", [&] { block_mse_bwd_impl<scalar_t>(p); });
 }
 
 }  // namespace lrmil

@@ -41,11 +41,13 @@ __global__ void child_mse_fwd_kernel(ChildMseParams p, bool vec) {
       }
     }
   }
-  if (p.tbar != nullptr && j0 < p.d) {
-    A* tb = static_cast<A*>(p.tbar) + i * p.d;
+  if (p.resid != nullptr && j0 < p.d) {  // s - tbar, all the backward needs for ds
+    A sv[E];
+    load_run<E>(s, p.s_sd, j0, p.d, vec, sv);
+    A* res = static_cast<A*>(p.resid) + i * p.d;
 #pragma unroll
     for (int e = 0; e < E; ++e) {
-      if (j0 + e < p.d) tb[j0 + e] = mean[e] * inv_total;
+      if (j0 + e < p.d) res[j0 + e] = inv_total != A(0) ? sv[e] - mean[e] * inv_total : A(0);
     }
   }
   err = tile_sum(err);
@@ -60,7 +62,7 @@ __global__ void block_mse_fwd_kernel(BlockMseParams p, bool vec) {
   const int64_t i = blockIdx.x, c = blockIdx.y / tiles, tile = blockIdx.y % tiles;
   const int64_t j0 = tile * kCudaAlignTile + threadIdx.x * E;
   const uint8_t* valid = p.valid + i * p.v_sn;
-  A err = 0;
+  A err = 0, diff[E] = {};  // diff: the residual m - t, 0 for an invalid child
   if (valid[c * p.v_sk] && j0 < p.d) {
     const T* __restrict__ S = static_cast<const T*>(p.S) + i * p.S_sn;
     int64_t y0, x0;
@@ -79,7 +81,15 @@ __global__ void block_mse_fwd_kernel(BlockMseParams p, bool vec) {
     const A inv_area = A(1) / A(b * b);
 #pragma unroll
     for (int e = 0; e < E; ++e) {
-      if (j0 + e < p.d) err += sq(m[e] * inv_area - tv[e]);
+      diff[e] = m[e] * inv_area - tv[e];
+      if (j0 + e < p.d) err += sq(diff[e]);
+    }
+  }
+  if (p.resid != nullptr && j0 < p.d) {  // all the backward needs
+    A* res = static_cast<A*>(p.resid) + (i * k + c) * p.d;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      if (j0 + e < p.d) res[j0 + e] = diff[e];
     }
   }
   err = tile_sum(err);

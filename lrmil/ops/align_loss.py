@@ -1,13 +1,18 @@
 """The cross-resolution alignment loss of stage 1 (method.md), as fused kernels.
 
 `child_mse` and `block_mse` return per-row fp32 losses (fp64 for fp64 inputs) and are reduced
-by the caller; `AlignmentLoss` combines them into L_stage1. Both read the teacher tensor once,
-store no (N, K, D) temporaries and give gradients to the student (and to the teacher when it
-requires grad). The definitions live in `lrmil.ops.reference`.
+by the caller; `AlignmentLoss` combines them into L_stage1. Both read the teacher tensor once and
+give gradients to the student (and to the teacher when it requires grad); the backward starts
+from a residual the forward saves, never from the inputs again. child_mse saves s - tbar (N, D)
+and makes no (N, K, D) temporary. block_mse saves its block means minus t (N, K, D), the size of
+t and 1/16 of S at G = 16, r = 4, as torch.compile does: reading S again instead would cost the
+backward as much as the forward (bench/results/align_loss_cpu.md). The definitions live in
+`lrmil.ops.reference`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -35,75 +40,84 @@ def _cuda_scratch(x: Tensor, rows: int, d: int) -> Tensor:
     return x.new_empty(rows, lib().align_loss_cuda_tiles(d), dtype=acc_dtype(x.dtype))
 
 
-def _child_mse_fwd(s: Tensor, t: Tensor, weight: Tensor, with_mean: bool) -> tuple[Tensor, Tensor]:
-    """(loss (N,), tbar (N, D)); weight is in the accumulation dtype. tbar, the weighted mean
-    of the children that the gradient to s needs, is empty unless with_mean."""
+def _child_mse_fwd(s: Tensor, t: Tensor, weight: Tensor, with_resid: bool) -> tuple[Tensor, Tensor]:
+    """(loss (N,), resid (N, D)); weight is in the accumulation dtype. resid = s minus the
+    weighted mean of the children, all the gradient to s needs, is empty unless with_resid."""
     n, k, d = t.shape
     acc = acc_dtype(s.dtype)
     loss = s.new_empty(n, dtype=acc)
-    tbar = s.new_empty((n, d) if with_mean else (0,), dtype=acc)
+    resid = s.new_empty((n, d) if with_resid else (0,), dtype=acc)
     partial = _cuda_scratch(s, n, d)
     with on_device(s):
         lib().child_mse_fwd(
             DTYPE_CODES[s.dtype], s.is_cuda, stream_of(s), (n, k, d),
             s.data_ptr(), s.stride(), t.data_ptr(), t.stride(),
             weight.data_ptr(), weight.stride(), loss.data_ptr(),
-            tbar.data_ptr() if with_mean else 0, partial.data_ptr(),
+            resid.data_ptr() if with_resid else 0, partial.data_ptr(),
         )  # fmt: skip
-    return loss, tbar
+    return loss, resid
 
 
 def _child_mse_bwd(
-    grad: Tensor, s: Tensor, t: Tensor, weight: Tensor, tbar: Tensor, s_grad: bool, t_grad: bool
+    grad: Tensor, s: Tensor, t: Tensor, weight: Tensor, resid: Tensor, s_grad: bool, t_grad: bool
 ) -> tuple[Tensor, Tensor]:
-    """(ds (N, D), dt (N, K, D)); each is empty when its flag is False (and then tbar, resp. t,
-    is not read)."""
+    """(ds (N, D), dt (N, K, D)); each is empty when its flag is False. ds comes from resid
+    alone; s and t are read (and may be empty otherwise) only for dt."""
+    ds = resid.new_empty(resid.shape, dtype=s.dtype) if s_grad else s.new_empty(0)
+    dt = torch.empty_like(t, memory_format=torch.contiguous_format) if t_grad else t.new_empty(0)
+    if not (s_grad or t_grad):
+        return ds, dt
     n, k = weight.shape
-    d = s.shape[1]
-    ds = s.new_empty(n, d) if s_grad else s.new_empty(0)
-    dt = s.new_empty(n, k, d) if t_grad else s.new_empty(0)
-    grad = grad.to(tbar.dtype).contiguous()
-    with on_device(s):
+    d = resid.shape[1] if s_grad else t.shape[2]
+    grad = grad.to(weight.dtype).contiguous()
+    with on_device(weight):
         lib().child_mse_bwd(
-            DTYPE_CODES[s.dtype], s.is_cuda, stream_of(s), (n, k, d),
-            s.data_ptr(), s.stride(), t.data_ptr(), t.stride() if t_grad else (0, 0, 0),
-            weight.data_ptr(), weight.stride(), tbar.data_ptr(), grad.data_ptr(),
+            DTYPE_CODES[s.dtype], weight.is_cuda, stream_of(weight), (n, k, d),
+            s.data_ptr(), s.stride() if t_grad else (0, 0), t.data_ptr(),
+            t.stride() if t_grad else (0, 0, 0), weight.data_ptr(), weight.stride(),
+            resid.data_ptr(), grad.data_ptr(),
             ds.data_ptr() if s_grad else 0, dt.data_ptr() if t_grad else 0,
         )  # fmt: skip
     return ds, dt
 
 
-def _block_mse_fwd(S: Tensor, t: Tensor, valid: Tensor, r: int) -> Tensor:  # noqa: N803
+def _block_mse_fwd(
+    S: Tensor,  # noqa: N803
+    t: Tensor,
+    valid: Tensor,
+    r: int,
+    with_resid: bool,
+) -> tuple[Tensor, Tensor]:
+    """(loss (N,), resid (N, K, D)): resid = block means minus t (0 for invalid children), all
+    the gradient needs, in the accumulation dtype; empty unless with_resid."""
     n, g, _, d = S.shape
-    loss = S.new_empty(n, dtype=acc_dtype(S.dtype))
+    acc = acc_dtype(S.dtype)
+    loss = S.new_empty(n, dtype=acc)
+    resid = S.new_empty((n, r * r, d) if with_resid else (0,), dtype=acc)
     partial = _cuda_scratch(S, n * r * r, d)
     with on_device(S):
         lib().block_mse_fwd(
             DTYPE_CODES[S.dtype], S.is_cuda, stream_of(S), (n, g, r, d),
             S.data_ptr(), S.stride(), t.data_ptr(), t.stride(),
-            valid.data_ptr(), valid.stride(), loss.data_ptr(), partial.data_ptr(),
+            valid.data_ptr(), valid.stride(), loss.data_ptr(),
+            resid.data_ptr() if with_resid else 0, partial.data_ptr(),
         )  # fmt: skip
-    return loss
+    return loss, resid
 
 
 def _block_mse_bwd(
-    grad: Tensor,
-    S: Tensor,  # noqa: N803
-    t: Tensor,
-    valid: Tensor,
-    r: int,
-    t_grad: bool,
+    grad: Tensor, resid: Tensor, valid: Tensor, g: int, dtype: torch.dtype, t_grad: bool
 ) -> tuple[Tensor, Tensor]:
-    """(dS (N, G, G, D), dt (N, K, D)); dt is empty when t_grad is False."""
-    n, g, _, d = S.shape
-    dS = torch.empty_like(S, memory_format=torch.contiguous_format)  # noqa: N806
-    dt = S.new_empty(n, r * r, d) if t_grad else S.new_empty(0)
-    grad = grad.to(acc_dtype(S.dtype)).contiguous()
-    with on_device(S):
+    """(dS (N, G, G, D), dt (N, K, D)) of the storage dtype, from resid alone; dt is empty when
+    t_grad is False."""
+    n, k, d = resid.shape
+    dS = resid.new_empty((n, g, g, d), dtype=dtype)  # noqa: N806
+    dt = resid.new_empty((n, k, d) if t_grad else (0,), dtype=dtype)
+    grad = grad.to(resid.dtype).contiguous()
+    with on_device(resid):
         lib().block_mse_bwd(
-            DTYPE_CODES[S.dtype], S.is_cuda, stream_of(S), (n, g, r, d),
-            S.data_ptr(), S.stride(), t.data_ptr(), t.stride(),
-            valid.data_ptr(), valid.stride(), grad.data_ptr(),
+            DTYPE_CODES[dtype], resid.is_cuda, stream_of(resid), (n, g, math.isqrt(k), d),
+            valid.data_ptr(), valid.stride(), resid.data_ptr(), grad.data_ptr(),
             dS.data_ptr(), dt.data_ptr() if t_grad else 0,
         )  # fmt: skip
     return dS, dt
@@ -113,52 +127,54 @@ def _block_mse_bwd(
 
 
 @torch.library.custom_op("lrmil::child_mse", mutates_args=())
-def _child_mse(s: Tensor, t: Tensor, weight: Tensor, with_mean: bool) -> tuple[Tensor, Tensor]:
-    return _child_mse_fwd(s, t, weight, with_mean)
+def _child_mse(s: Tensor, t: Tensor, weight: Tensor, with_resid: bool) -> tuple[Tensor, Tensor]:
+    return _child_mse_fwd(s, t, weight, with_resid)
 
 
 @_child_mse.register_fake
-def _(s: Tensor, t: Tensor, weight: Tensor, with_mean: bool) -> tuple[Tensor, Tensor]:
+def _(s: Tensor, t: Tensor, weight: Tensor, with_resid: bool) -> tuple[Tensor, Tensor]:
     acc = acc_dtype(s.dtype)
     n, _, d = t.shape
-    return s.new_empty(n, dtype=acc), s.new_empty((n, d) if with_mean else (0,), dtype=acc)
+    return s.new_empty(n, dtype=acc), s.new_empty((n, d) if with_resid else (0,), dtype=acc)
 
 
 @torch.library.custom_op("lrmil::child_mse_backward", mutates_args=())
 def _child_mse_backward(
-    grad: Tensor, s: Tensor, t: Tensor, weight: Tensor, tbar: Tensor, s_grad: bool, t_grad: bool
+    grad: Tensor, s: Tensor, t: Tensor, weight: Tensor, resid: Tensor, s_grad: bool, t_grad: bool
 ) -> tuple[Tensor, Tensor]:
-    return _child_mse_bwd(grad, s, t, weight, tbar, s_grad, t_grad)
+    return _child_mse_bwd(grad, s, t, weight, resid, s_grad, t_grad)
 
 
 @_child_mse_backward.register_fake
 def _(
-    grad: Tensor, s: Tensor, t: Tensor, weight: Tensor, tbar: Tensor, s_grad: bool, t_grad: bool
+    grad: Tensor, s: Tensor, t: Tensor, weight: Tensor, resid: Tensor, s_grad: bool, t_grad: bool
 ) -> tuple[Tensor, Tensor]:
-    n, k = weight.shape
-    d = s.shape[1]
-    return s.new_empty((n, d) if s_grad else (0,)), s.new_empty((n, k, d) if t_grad else (0,))
+    ds = resid.new_empty(resid.shape if s_grad else (0,), dtype=s.dtype)
+    dt = torch.empty_like(t, memory_format=torch.contiguous_format) if t_grad else t.new_empty(0)
+    return ds, dt
 
 
 def _child_mse_setup(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
-    s, t, weight, with_mean = inputs
-    ctx.s_grad, ctx.t_grad = s.requires_grad and with_mean, t.requires_grad
-    ctx.save_for_backward(s, t if ctx.t_grad else None, weight, output[1])
+    s, t, weight, with_resid = inputs
+    ctx.s_grad, ctx.t_grad = s.requires_grad and with_resid, t.requires_grad
+    # s and t are read again only for the teacher's gradient; ds needs resid alone.
+    ctx.save_for_backward(*((s, t) if ctx.t_grad else (None, None)), weight, output[1])
+    ctx.s_dtype = s.dtype
     ctx.mark_non_differentiable(output[1])
-    # tbar gets no gradient: without this, autograd would allocate and zero-fill an (N, D)
+    # resid gets no gradient: without this, autograd would allocate and zero-fill an (N, D)
     # gradient for it on every backward (as costly as the whole ds computation).
     ctx.set_materialize_grads(False)
 
 
 def _child_mse_grad(
-    ctx, grad_loss: Tensor | None, _grad_tbar: Tensor | None
+    ctx, grad_loss: Tensor | None, _grad_resid: Tensor | None
 ) -> tuple[Tensor | None, ...]:
     if grad_loss is None:  # the loss did not reach the output (grads are not materialised)
         return None, None, None, None
-    s, t, weight, tbar = ctx.saved_tensors
-    if t is None:  # t needs no grad and was not saved; the kernel does not read it then
-        t = s.new_empty(0, 0, 0)
-    ds, dt = _child_mse_backward(grad_loss, s, t, weight, tbar, ctx.s_grad, ctx.t_grad)
+    s, t, weight, resid = ctx.saved_tensors
+    if s is None:  # t needs no grad: s and t were not saved and the kernel does not read them
+        s = t = resid.new_empty(0, dtype=ctx.s_dtype)
+    ds, dt = _child_mse_backward(grad_loss, s, t, weight, resid, ctx.s_grad, ctx.t_grad)
     return (ds if ctx.s_grad else None), (dt if ctx.t_grad else None), None, None
 
 
@@ -166,50 +182,58 @@ _child_mse.register_autograd(_child_mse_grad, setup_context=_child_mse_setup)
 
 
 @torch.library.custom_op("lrmil::block_mse", mutates_args=())
-def _block_mse(S: Tensor, t: Tensor, valid: Tensor, r: int) -> Tensor:  # noqa: N803
-    return _block_mse_fwd(S, t, valid, r)
-
-
-@_block_mse.register_fake
-def _(S: Tensor, t: Tensor, valid: Tensor, r: int) -> Tensor:  # noqa: N803
-    return S.new_empty(S.shape[0], dtype=acc_dtype(S.dtype))
-
-
-@torch.library.custom_op("lrmil::block_mse_backward", mutates_args=())
-def _block_mse_backward(
-    grad: Tensor,
+def _block_mse(
     S: Tensor,  # noqa: N803
     t: Tensor,
     valid: Tensor,
     r: int,
-    t_grad: bool,
+    with_resid: bool,
 ) -> tuple[Tensor, Tensor]:
-    return _block_mse_bwd(grad, S, t, valid, r, t_grad)
+    return _block_mse_fwd(S, t, valid, r, with_resid)
+
+
+@_block_mse.register_fake
+def _(S: Tensor, t: Tensor, valid: Tensor, r: int, with_resid: bool) -> tuple[Tensor, Tensor]:  # noqa: N803
+    acc = acc_dtype(S.dtype)
+    n, _, _, d = S.shape
+    resid = S.new_empty((n, r * r, d) if with_resid else (0,), dtype=acc)
+    return S.new_empty(n, dtype=acc), resid
+
+
+@torch.library.custom_op("lrmil::block_mse_backward", mutates_args=())
+def _block_mse_backward(
+    grad: Tensor, resid: Tensor, valid: Tensor, g: int, dtype: torch.dtype, t_grad: bool
+) -> tuple[Tensor, Tensor]:
+    return _block_mse_bwd(grad, resid, valid, g, dtype, t_grad)
 
 
 @_block_mse_backward.register_fake
 def _(
-    grad: Tensor,
-    S: Tensor,
-    t: Tensor,
-    valid: Tensor,
-    r: int,
-    t_grad: bool,  # noqa: N803
+    grad: Tensor, resid: Tensor, valid: Tensor, g: int, dtype: torch.dtype, t_grad: bool
 ) -> tuple[Tensor, Tensor]:
-    dt = S.new_empty(S.shape[0], r * r, S.shape[3]) if t_grad else S.new_empty(0)
-    return torch.empty_like(S, memory_format=torch.contiguous_format), dt
+    n, k, d = resid.shape
+    dt = resid.new_empty((n, k, d) if t_grad else (0,), dtype=dtype)
+    return resid.new_empty((n, g, g, d), dtype=dtype), dt
 
 
-def _block_mse_setup(ctx, inputs: tuple, output: Tensor) -> None:
-    S, t, valid, r = inputs  # noqa: N806
-    ctx.r, ctx.t_grad = r, t.requires_grad
-    ctx.save_for_backward(S, t, valid)
+def _block_mse_setup(ctx, inputs: tuple, output: tuple[Tensor, Tensor]) -> None:
+    S, t, valid, r, with_resid = inputs  # noqa: N806
+    # The residuals are all the backward needs: S and t are not saved.
+    ctx.g, ctx.dtype, ctx.with_resid = S.shape[1], S.dtype, with_resid
+    ctx.S_grad, ctx.t_grad = S.requires_grad, t.requires_grad
+    ctx.save_for_backward(valid, output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)  # resid gets no gradient (see _child_mse_setup)
 
 
-def _block_mse_grad(ctx, grad_loss: Tensor) -> tuple[Tensor | None, ...]:
-    S, t, valid = ctx.saved_tensors  # noqa: N806
-    dS, dt = _block_mse_backward(grad_loss, S, t, valid, ctx.r, ctx.t_grad)  # noqa: N806
-    return dS, (dt if ctx.t_grad else None), None, None
+def _block_mse_grad(
+    ctx, grad_loss: Tensor | None, _grad_resid: Tensor | None
+) -> tuple[Tensor | None, ...]:
+    if grad_loss is None or not ctx.with_resid:
+        return None, None, None, None, None
+    valid, resid = ctx.saved_tensors
+    dS, dt = _block_mse_backward(grad_loss, resid, valid, ctx.g, ctx.dtype, ctx.t_grad)  # noqa: N806
+    return (dS if ctx.S_grad else None), (dt if ctx.t_grad else None), None, None, None
 
 
 _block_mse.register_autograd(_block_mse_grad, setup_context=_block_mse_setup)
@@ -259,9 +283,9 @@ def child_mse(s: Tensor, t: Tensor, weight: Tensor) -> Tensor:
             f"{op}: weight must have shape (N, K) = {tuple(t.shape[:2])}, got {tuple(weight.shape)}"
         )
     check_same_device(op, s=s, t=t, weight=weight)
-    with_mean = torch.is_grad_enabled() and s.requires_grad
+    with_resid = torch.is_grad_enabled() and s.requires_grad
     weight = weight.detach().to(acc_dtype(s.dtype))
-    return _child_mse(s, t, weight, with_mean)[0]
+    return _child_mse(s, t, weight, with_resid)[0]
 
 
 def block_mse(S: Tensor, t: Tensor, valid: Tensor, r: int) -> Tensor:  # noqa: N803
@@ -277,7 +301,8 @@ def block_mse(S: Tensor, t: Tensor, valid: Tensor, r: int) -> Tensor:  # noqa: N
     Returns:
         (N,) float32 (float64 for float64 inputs): the mean over valid children k of
         `mean_d (mean_{block B_k} S_i - t_ik)_d^2`; rows with no valid child give 0. Gradients
-        to S and, when it requires grad, to t.
+        to S and, when it requires grad, to t; for them the forward keeps an (N, K, D) fp32
+        residual (fp64 for fp64 inputs) until the backward.
     """
     op = "block_mse"
     check_tensor(op, "S", S, 4, "(N, G, G, D)")
@@ -306,7 +331,8 @@ def block_mse(S: Tensor, t: Tensor, valid: Tensor, r: int) -> Tensor:  # noqa: N
         # A CNN's NCHW grid seen as NHWC: the GPU kernels' threads run along D, so they read
         # a contiguous copy (coalesced) instead of one element per 32-byte sector.
         S = S.contiguous()  # noqa: N806
-    return _block_mse(S, t, valid, r)
+    with_resid = torch.is_grad_enabled() and (S.requires_grad or t.requires_grad)
+    return _block_mse(S, t, valid, r, with_resid)[0]
 
 
 class AlignmentLoss(nn.Module):

@@ -171,10 +171,10 @@ def test_non_contiguous_inputs():
 
 
 @pytest.mark.parametrize("t_grad", [False, True])
-def test_whole_row_tasks_and_child_groups(t_grad):
+def test_whole_row_tasks(t_grad):
     """From 64 rows on, CPU tasks take whole rows (here D = 1100: a 1024-feature chunk and a
-    tail); children with weight 0 are skipped and the rest read in groups of 4 (K = 7 leaves
-    groups of 1 to 4); block_mse's chunks shrink with r (r = 8: 512 features, r = 16: 256)."""
+    tail) in blocks of N / 32 rows; children with weight 0 are skipped; block_mse's chunks
+    shrink with r (r = 8: 512 features, r = 16: 256)."""
     n, k, d = 70, 7, 1100
     s, t = _rand(n, d, grad=True), _rand(n, k, d, seed=1, grad=t_grad)
     w = _weights(n, k)
@@ -193,6 +193,64 @@ def test_whole_row_tasks_and_child_groups(t_grad):
         torch.testing.assert_close(loss, expect, rtol=1e-5, atol=1e-6)
         for got, want in zip(_grads(loss, inputs), _grads(expect, inputs), strict=True):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(("n", "g"), [(1030, 4), (300, 8)])
+def test_row_blocks_with_a_shorter_last_block(n, g):
+    """Row blocks of up to 32 (child_mse) and 8 (block_mse) rows, the last one shorter."""
+    s, t = _rand(n, 40, grad=True), _rand(n, 4, 40, seed=1)
+    w = _weights(n, 4)
+    w[n - 3] = 0
+    loss, expect = child_mse(s, t, w), ref.child_mse(s, t, w)
+    torch.testing.assert_close(loss, expect, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(_grads(loss, (s,))[0], _grads(expect, (s,))[0], rtol=1e-5, atol=1e-7)
+    grid, valid = _rand(n, g, g, 40, seed=2, grad=True), _valid(n, 4)
+    loss, expect = block_mse(grid, t, valid, 2), ref.block_mse(grid, t, valid, 2)
+    torch.testing.assert_close(loss, expect, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        _grads(loss, (grid,))[0], _grads(expect, (grid,))[0], rtol=1e-5, atol=1e-7
+    )
+
+
+def _saved_sizes(fn) -> list[tuple[int, ...]]:
+    """Shapes of the tensors autograd saves while fn() runs."""
+    sizes = []
+
+    def pack(x):
+        sizes.append(tuple(x.shape))
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        fn()
+    return sizes
+
+
+def test_backward_reads_only_the_residuals():
+    """With the teacher frozen, the forward saves the residual (child_mse: s - tbar (N, D);
+    block_mse: block means - t (N, K, D)) and the backward reads nothing else: s, S and t may be
+    overwritten in between (NaN here) without changing the gradients."""
+    n, k, d = 6, 4, 10
+    s, t, w = _rand(n, d, grad=True), _rand(n, k, d, seed=1), _weights(n, k)
+    grid, valid = _rand(n, 4, 4, d, seed=2, grad=True), _valid(n, k)
+    want = _grads(ref.child_mse(s, t, w) + ref.block_mse(grid, t, valid, 2), (s, grid))
+    assert sorted(_saved_sizes(lambda: child_mse(s, t, w))) == [(n, k), (n, d)]
+    assert sorted(_saved_sizes(lambda: block_mse(grid, t, valid, 2))) == [(n, k), (n, k, d)]
+    loss = child_mse(s, t, w) + block_mse(grid, t, valid, 2)
+    with torch.no_grad():
+        for x in (s, t, grid):
+            x.fill_(float("nan"))
+    for got, exp in zip(_grads(loss, (s, grid)), want, strict=True):
+        torch.testing.assert_close(got, exp, rtol=1e-5, atol=1e-7)
+
+
+def test_teacher_gradient_without_student_gradient():
+    """t requires grad and s / S do not: the forward saves s and t for child_mse's dt (and the
+    residual for block_mse's), and no gradient is made for the student."""
+    s, t, w = _rand(5, 7), _rand(5, 4, 7, seed=1, grad=True), _weights(5, 4)
+    grid, valid = _rand(5, 4, 4, 7, seed=2), _valid(5, 4)
+    loss = child_mse(s, t, w) + block_mse(grid, t, valid, 2)
+    expect = ref.child_mse(s, t, w) + ref.block_mse(grid, t, valid, 2)
+    torch.testing.assert_close(_grads(loss, (t,))[0], _grads(expect, (t,))[0])
 
 
 # ---- low precision: flash-attention's rule ----
@@ -278,11 +336,12 @@ def test_same_bits_whatever_the_thread_count():
 @pytest.mark.parametrize("t_grad", [False, True])
 def test_opcheck(t_grad):
     s, t = _rand(3, 5, grad=True), _rand(3, 4, 5, seed=1, grad=t_grad)
-    for with_mean in (False, True):
-        args = (s, t, _weights(3, 4), with_mean)
-        torch.library.opcheck(torch.ops.lrmil.child_mse.default, args)
     grid = _rand(3, 4, 4, 5, seed=2, grad=True)
-    torch.library.opcheck(torch.ops.lrmil.block_mse.default, (grid, t, _valid(3, 4), 2))
+    for with_resid in (False, True):
+        args = (s, t, _weights(3, 4), with_resid)
+        torch.library.opcheck(torch.ops.lrmil.child_mse.default, args)
+        args = (grid, t, _valid(3, 4), 2, with_resid)
+        torch.library.opcheck(torch.ops.lrmil.block_mse.default, args)
 
 
 @pytest.mark.parametrize("t_grad", [False, True])
@@ -295,7 +354,7 @@ def test_custom_op_autograd_matches_eager(t_grad):
     inputs = (s, grid, t) if t_grad else (s, grid)
     eager = child_mse(s, t, w) + block_mse(grid, t, valid, 2)
     child_op, block_op = torch.ops.lrmil.child_mse.default, torch.ops.lrmil.block_mse.default
-    via_ops = child_op(s, t, w, True)[0] + block_op(grid, t, valid, 2)
+    via_ops = child_op(s, t, w, True)[0] + block_op(grid, t, valid, 2, True)[0]
     torch.testing.assert_close(via_ops, eager, rtol=0, atol=0)
     for got, want in zip(_grads(via_ops, inputs), _grads(eager, inputs), strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
@@ -324,15 +383,18 @@ class _RecordOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_backward_allocates_no_gradient_for_the_child_mean():
-    """The saved child mean tbar (N, D) is an output of the custom op but gets no gradient:
-    autograd must not zero-fill an (N, D) gradient for it on every backward."""
+def test_backward_allocates_no_gradient_for_the_residuals():
+    """The saved residuals (child_mse (N, D), block_mse (N, K, D)) are outputs of the custom ops
+    but get no gradient: autograd must not zero-fill a gradient for them on every backward."""
     s, t, w = _rand(5, 30, grad=True), _rand(5, 4, 30, seed=1), _weights(5, 4)
+    grid, valid = _rand(5, 4, 4, 30, seed=2, grad=True), _valid(5, 4)
     loss = torch.ops.lrmil.child_mse.default(s, t, w, True)[0].sum()
+    loss = loss + torch.ops.lrmil.block_mse.default(grid, t, valid, 2, True)[0].sum()
     with _RecordOps() as recorded:
-        (ds,) = torch.autograd.grad(loss, s)
+        ds, dS = torch.autograd.grad(loss, (s, grid))  # noqa: N806
     assert not [op for op in recorded.ops if "zero" in op or "fill" in op], recorded.ops
     torch.testing.assert_close(ds, _grads(ref.child_mse(s, t, w), (s,), seed=None)[0])
+    torch.testing.assert_close(dS, _grads(ref.block_mse(grid, t, valid, 2), (grid,), seed=None)[0])
 
 
 def test_double_backward_is_refused():

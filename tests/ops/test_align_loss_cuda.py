@@ -137,7 +137,7 @@ def test_alignment_loss_and_opcheck():
     want = ref.alignment_loss(s, t, valid, grids, [t], attn, r=4)
     _compare(got, want, torch.autograd.grad(got, s), torch.autograd.grad(want, s), 1e-5)
     torch.library.opcheck(torch.ops.lrmil.child_mse.default, (s, t, attn, True))
-    torch.library.opcheck(torch.ops.lrmil.block_mse.default, (grids[0], t, valid, 4))
+    torch.library.opcheck(torch.ops.lrmil.block_mse.default, (grids[0], t, valid, 4, True))
 
 
 @needs_kernels
@@ -154,6 +154,21 @@ def test_zero_weight_and_invalid_children_are_not_read():
     for name, x in (("loss", loss), ("ds", s.grad), ("dS", grid.grad), ("dt", t.grad)):
         assert torch.isfinite(x).all(), name
     assert t.grad[:, 3].abs().max() == 0
+
+
+@needs_kernels
+def test_backward_reads_only_the_residuals():
+    """The CUDA backward starts from the forward's residuals too: s, S and t overwritten (NaN)
+    between forward and backward leave the gradients unchanged."""
+    s, t, w = _rand(6, 300, grad=True), _rand(6, 16, 300, seed=1), torch.rand(6, 16, device="cuda")
+    grid, valid = _rand(6, 8, 8, 300, seed=2, grad=True), _mask(6, 16)
+    want = _grads(ref.child_mse(s, t, w) + ref.block_mse(grid, t, valid, 4), (s, grid))
+    loss = child_mse(s, t, w) + block_mse(grid, t, valid, 4)
+    with torch.no_grad():
+        for x in (s, t, grid):
+            x.fill_(float("nan"))
+    for i, (got, exp) in enumerate(zip(_grads(loss, (s, grid)), want, strict=True)):
+        assert_close_report(got, exp, rtol=1e-5, atol=1e-6, name=f"grad {i}")
 
 
 @needs_kernels

@@ -72,7 +72,7 @@ def test_bindings_check_raw_arguments_naming_tensor_and_shape():
         )
     with pytest.raises(ValueError, match=r"block_mse: S \(N, G, G, D\) needs G a multiple of r"):
         lib.block_mse_fwd(0, False, 0, (2, 4, 3, 3), ptr, (48, 12, 3, 1), ptr, (12, 3, 1), ptr,
-                          (4, 1), ptr, 0)  # fmt: skip
+                          (4, 1), ptr, 0, 0)  # fmt: skip
 
 
 def test_cuda_compiled_is_read_once_at_import():

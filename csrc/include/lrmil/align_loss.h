@@ -2,12 +2,14 @@
 // shared by the CPU and CUDA kernels.
 //
 // child_mse(s (N,D), t (N,K,D), w (N,K)) -> loss (N,) = sum_k w_k/W * mean_d (t_kd - s_d)^2,
-//   W = sum_k w_k; rows with W <= 0 give 0. The forward also writes tbar (N,D) = sum_k w_k t_k / W,
-//   all the backward needs for ds = 2 g / D * (s - tbar).
+//   W = sum_k w_k; rows with W <= 0 give 0. The forward also writes resid (N,D) = s - tbar, with
+//   tbar = sum_k w_k t_k / W the weighted child mean (resid = 0 for rows with W <= 0): all the
+//   backward needs for ds = 2 g / D * resid, without reading s or t again.
 // block_mse(S (N,G,G,D), t (N,K,D), valid (N,K), r) -> loss (N,) = mean over valid k of
 //   mean_d (m_kd - t_kd)^2, m_k the mean of S over the (G/r)x(G/r) block of child k = v*r + u
-//   (rows v*b.., columns u*b.., b = G/r); rows without a valid child give 0. The backward
-//   recomputes m_k from S instead of storing (N,K,D) block means.
+//   (rows v*b.., columns u*b.., b = G/r); rows without a valid child give 0. When S needs a
+//   gradient the forward also writes resid (N,K,D) = m_k - t_k (0 for invalid children), all
+//   the backward needs: it reads neither S nor t again.
 #pragma once
 
 #include <cstdint>
@@ -16,7 +18,7 @@
 
 namespace lrmil {
 
-// Sizes and strides in elements: inputs may be any strided view; outputs (loss, tbar, grads)
+// Sizes and strides in elements: inputs may be any strided view; outputs (loss, resid, grads)
 // are contiguous buffers allocated by Python.
 struct ChildMseParams {
   int64_t n = 0, k = 0, d = 0;
@@ -27,7 +29,7 @@ struct ChildMseParams {
   const void* w = nullptr;  // (N, K), accumulation dtype (fp32, fp64 for fp64 inputs)
   int64_t w_sn = 0, w_sk = 0;
   void* loss = nullptr;  // (N,), accumulation dtype, contiguous
-  void* tbar = nullptr;  // (N, D), accumulation dtype, contiguous; null: not needed (no ds)
+  void* resid = nullptr;  // (N, D), accumulation dtype, contiguous; null: not needed (no ds)
   // Backward only.
   const void* grad = nullptr;  // (N,) upstream gradient of loss, accumulation dtype, contiguous
   void* ds = nullptr;          // (N, D) storage dtype, contiguous; null when s needs no grad
@@ -45,6 +47,7 @@ struct BlockMseParams {
   const uint8_t* valid = nullptr;  // (N, K) bool
   int64_t v_sn = 0, v_sk = 0;
   void* loss = nullptr;  // (N,), accumulation dtype, contiguous
+  void* resid = nullptr;  // (N, K, D), accumulation dtype, contiguous; forward: null = not needed
   // Backward only.
   const void* grad = nullptr;  // (N,), accumulation dtype, contiguous
   void* dS = nullptr;          // (N, G, G, D) storage dtype, contiguous
@@ -98,10 +101,10 @@ LRMIL_HD A sq(A x) {
   return x * x;
 }
 
-// d loss / d s_d for child_mse: 2 g / D * (s_d - tbar_d), written as 2 g W scale (s - tbar).
+// d loss / d s_d for child_mse: 2 g / D * (s_d - tbar_d), written as 2 g W scale resid_d.
 template <typename A>
-LRMIL_HD A child_mse_grad_s(A g_scale_total, A s, A tbar) {
-  return A(2) * g_scale_total * (s - tbar);
+LRMIL_HD A child_mse_grad_s(A g_scale_total, A resid) {
+  return A(2) * g_scale_total * resid;
 }
 
 // d loss / d t_kd for child_mse: 2 g w_k / (W D) * (t_kd - s_d).
@@ -110,11 +113,11 @@ LRMIL_HD A child_mse_grad_t(A g_scale_wk, A t, A s) {
   return A(2) * g_scale_wk * (t - s);
 }
 
-// d loss / d m_kd for block_mse: 2 g / (n_valid D) * (m_kd - t_kd); d/dt is its negative and
-// every S element of the block receives it divided by b*b.
+// d loss / d m_kd for block_mse: 2 g / (n_valid D) * resid_kd, resid = m - t; d/dt is its
+// negative and every S element of the block receives it divided by b*b.
 template <typename A>
-LRMIL_HD A block_mse_grad_m(A g_scale, A m, A t) {
-  return A(2) * g_scale * (m - t);
+LRMIL_HD A block_mse_grad_m(A g_scale, A resid) {
+  return A(2) * g_scale * resid;
 }
 
 // Top-left grid cell (row y0, column x0) of child k's block.
