@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import shutil
 import sys
@@ -78,8 +79,9 @@ def distill(work: Path, features: Path, labels: Path, name: str, seed: int, slid
 
 def summarise(results: dict, args, n_slides: int, dropped: list[str]) -> str:
     lines = ["# Label-free stage 1 (More From Less) on the synthetic cohort", "",
-             f"Machine: {platform.machine()}, 2 cores, CPU only, shared with 4-5 other "
-             "helpers' builds and tests (load 6-9): the minutes are wall time under that load. "
+             f"Machine: {platform.machine()}, {os.cpu_count()} cores, CPU only, shared with "
+             f"other jobs (load average at the last run's end: {os.getloadavg()[0]:.1f}): the "
+             "minutes are wall time under that load. "
              f"Cohort: bench/accuracy.py's ({n_slides} slides of {args.size}^2 px, "
              f"{len(dropped)} without tissue left out), embedded once with lrmil-cnn; "
              "`stage1.mode=encoder`, every other setting the default; 5 patient-level folds "
@@ -136,7 +138,7 @@ def main() -> None:
                               radius=[25.0, 45.0], lymph=[8, 12], nests=[6, 10],
                               workers=args.workers)
     args.work.mkdir(parents=True, exist_ok=True)
-    features, labels, dropped = accuracy.prepare(args.work, prep)
+    features, labels, dropped = accuracy.prepare(args.work, prep, "float32")
     configs = [tuple(c.split(":")) for c in args.configs]
     results: dict = {}
     for seed in args.seeds:
