@@ -80,29 +80,35 @@ def distill(
 @contextlib.contextmanager
 def step_spinner(console: Console) -> Iterator[Callable]:
     """An `on_step` hook for `lrmil.distill.run`: one line per step with its epoch, loss and
-    validation AUC."""
+    validation AUC. The display starts with the first step: a run refused by its checks
+    prints its one error line and nothing else."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"),
-                  TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
-                  console=console, transient=False) as progress:
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                        TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+                        console=console, transient=False)
 
-        @contextlib.contextmanager
-        def on_step(description: str) -> Iterator[Callable[[int, dict], None]]:
-            task = progress.add_task(description, total=None, stats="")
+    @contextlib.contextmanager
+    def on_step(description: str) -> Iterator[Callable[[int, dict], None]]:
+        progress.start()  # a no-op once started
+        task = progress.add_task(description, total=None, stats="")
 
-            def tick(epoch: int, stats: dict[str, float]) -> None:
-                val = stats["val_auc"]  # NaN for the final model: no validation slides
-                progress.update(task, stats=f"epoch {epoch} loss {stats['loss']:.3f}"
-                                + ("" if math.isnan(val) else f" val AUC {val:.3f}"))
+        def tick(epoch: int, stats: dict[str, float]) -> None:
+            val = stats["val_auc"]  # NaN for the final model: no validation slides
+            progress.update(task, stats=f"epoch {epoch} loss {stats['loss']:.3f}"
+                            + ("" if math.isnan(val) else f" val AUC {val:.3f}"))
 
-            try:
-                yield tick
-            finally:
-                progress.update(task, total=1, completed=1)
-                progress.stop_task(task)
+        try:
+            yield tick
+        finally:
+            progress.update(task, total=1, completed=1)
+            progress.stop_task(task)
 
+    try:
         yield on_step
+    finally:
+        if progress.tasks:
+            progress.stop()
 
 
 def _progress(console: Console, shard: str | None

@@ -32,6 +32,7 @@ def assert_one_line(result, *names: object) -> str:
     assert_handled(result)
     lines = lines_of(result)
     assert len(lines) == 1, result.output
+    assert result.output.strip("\n") == lines[0], repr(result.output)  # no blank line either
     assert lines[0].startswith("error: "), lines[0]
     for name in names:
         assert str(name) in lines[0], (name, lines[0])
