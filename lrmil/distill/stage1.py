@@ -524,6 +524,9 @@ def slide_geometry(cohort: Cohort, tiled: str | None, slides: dict[str, Slide] |
     checked against the features' coords; for `slides` (default: the labelled ones)."""
     from lrmil.tiling import read_coords
 
+    if tiled and not (Path(tiled) / "coords").is_dir():
+        raise ConfigError(f"--tiled {tiled}: no coords/ folder there; give the folder lrmil "
+                          "tile wrote (it holds coords/<slide>.h5)")
     paths, size0, mpp, patch = {}, {}, {}, set()
     for name, slide in (cohort.slides if slides is None else slides).items():
         path = Path(tiled) / "coords" / f"{name}.h5" if tiled else slide.coords_path

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from lrmil.distill.stage1 import Adapter, Group, SlideTargets, child_table
@@ -46,3 +47,13 @@ def test_adapter_starts_as_the_identity_and_keeps_its_input():
     assert adapter.align(x).shape == (4, 5)
     assert adapter(x).shape == (4, adapter.feature_dim) == (4, 13)
     torch.testing.assert_close(adapter(x)[:, :8], x)
+
+
+def test_a_tiled_folder_without_coords_is_named_as_the_option(toy_features, tmp_path):
+    from lrmil.distill.cohort import load_cohort
+    from lrmil.distill.stage1 import slide_geometry
+    from lrmil.errors import ConfigError
+
+    cohort = load_cohort(toy_features, toy_features / "labels.csv")
+    with pytest.raises(ConfigError, match=rf"^--tiled {tmp_path / 'nope'}: no coords/ folder"):
+        slide_geometry(cohort, str(tmp_path / "nope"))
