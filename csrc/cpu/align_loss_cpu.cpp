@@ -132,12 +132,21 @@ LRMIL_INLINE A sum_lanes(A* lane) {
 // sum_c w_c sum_j (t_cj - s_j)^2 over one row's chunk, children with weight 0 never read, the
 // others one by one in memory order (one stream: several side by side, from other children or
 // rows, measured slower with huge pages); with Resid also resid_j = s_j - sum_c w_c t_cj / W,
-// from the same read of t, the sum accumulating in resid itself. Rows with W <= 0 are not read.
+// from the same read of t. Rows with W <= 0 are not read.
+// The weighted sum accumulates in a stack buffer, not in resid: read-modify-writes into the
+// output ran up to 20% slower on one core depending on where torch had placed it relative to t
+// (N = 4096, K = 16, D = 768: 17 vs 14 ms). A software prefetch of the next page, 5% faster in
+// one build, was 20% slower in another (the loop's code alignment), and is not used.
+
 template <bool Resid, typename T, typename A>
 LRMIL_INLINE A child_row(const T* t, int64_t t_sk, int64_t t_sd, const A* w, int64_t w_sk,
                          int64_t k, A total, const A* s, A* resid, int64_t len) {
-  if (Resid) std::fill(resid, resid + len, A(0));
-  if (!(total > A(0))) return 0;
+  if (!(total > A(0))) {
+    if (Resid) std::fill(resid, resid + len, A(0));
+    return 0;
+  }
+  alignas(64) A sum[kChunk];
+  if (Resid) std::fill(sum, sum + len, A(0));
   A err = 0;
   for (int64_t c = 0; c < k; ++c) {
     const A wc = w[c * w_sk];
@@ -148,13 +157,13 @@ LRMIL_INLINE A child_row(const T* t, int64_t t_sk, int64_t t_sd, const A* w, int
     for (int64_t j = 0; j < len; ++j) {
       const A tv = load(tc + j * t_sd);
       e += wc * sq(tv - s[j]);
-      if (Resid) resid[j] += wc * tv;
+      if (Resid) sum[j] += wc * tv;
     }
     err += e;
   }
   if (Resid) {
     const A inv_total = A(1) / total;
-    for (int64_t j = 0; j < len; ++j) resid[j] = s[j] - resid[j] * inv_total;
+    for (int64_t j = 0; j < len; ++j) resid[j] = s[j] - sum[j] * inv_total;
   }
   return err;
 }
