@@ -253,7 +253,7 @@ LRMIL_CLONES float block_dist_f32(const float* m, const float* t, float* resid, 
                           : block_dist(m, t, int64_t(1), static_cast<float*>(nullptr), len);
 }
 
-// ---- writing a big gradient ----
+// ---- writing big outputs ----
 // A fresh page (first touch) is zeroed by the kernel, which leaves its lines in the cache: plain
 // stores into it are the cheapest. An already mapped page (a buffer reused from the heap) is in
 // memory only, and there streaming stores skip reading each line before writing it (block_mse's
@@ -296,6 +296,17 @@ void end_streaming() {
 #if defined(__SSE2__)
   _mm_sfence();
 #endif
+}
+
+// For each block of rows (rows_per_block rows of row_bytes from base), whether its first page is
+// mapped; asked before any task writes (a task's first touch would map its neighbour's pages).
+std::vector<uint8_t> mapped_blocks(const void* base, int64_t n, int64_t rows_per_block,
+                                   int64_t row_bytes) {
+  std::vector<uint8_t> out((n + rows_per_block - 1) / rows_per_block);
+  for (size_t q = 0; q < out.size(); ++q) {
+    out[q] = mapped(static_cast<const char*>(base) + int64_t(q) * rows_per_block * row_bytes);
+  }
+  return out;
 }
 
 // ---- kernels ----
@@ -355,15 +366,16 @@ void child_mse_bwd_impl(const ChildMseParams& p) {
   // ds alone reads resid and writes ds: O(N D), never s or t.
   const int64_t reads_per_feature = dt != nullptr ? p.k : 1;
 
-  const auto row_task = [&](int64_t i, int64_t d0, int64_t len) {
+  const auto row_task = [&](int64_t i, int64_t d0, int64_t len, bool streaming) {
     const A* wi = w + i * p.w_sn;
     const A total = weight_sum(wi, p.k, p.w_sk);
     const A g_scale = grad[i] * child_mse_scale(total, p.d);
     if (ds != nullptr) {
       const A* ri = resid + i * p.d + d0;
       const A g_total = g_scale * total;
-      T* dsi = ds + i * p.d + d0;
-      for (int64_t j = 0; j < len; ++j) store(dsi + j, child_mse_grad_s(g_total, ri[j]));
+      T out[kChunk];
+      for (int64_t j = 0; j < len; ++j) store(out + j, child_mse_grad_s(g_total, ri[j]));
+      copy_out(ds + i * p.d + d0, out, len * sizeof(T), streaming);
     }
     if (dt == nullptr) return;
     const T* si = s + i * p.s_sn + d0 * s_sd;
@@ -380,9 +392,16 @@ void child_mse_bwd_impl(const ChildMseParams& p) {
       for (int64_t j = 0; j < len; ++j) store(dtk + j, child_mse_grad_t(gw, A(load(tk + j * t_sd)), sv[j]));
     }
   };
-  for_each_chunk(p.n, chunking(p.n, p.d, kChunk, kMaxBlockRows), reads_per_feature,
+  // ds (into mapped pages, e.g. a heap block reused) with streaming stores: nothing reads it
+  // here again.
+  const Chunking ch = chunking(p.n, p.d, kChunk, kMaxBlockRows);
+  const std::vector<uint8_t> stream =
+      ds != nullptr ? mapped_blocks(ds, p.n, ch.rows, p.d * sizeof(T)) : std::vector<uint8_t>();
+  for_each_chunk(p.n, ch, reads_per_feature,
                  [&](int64_t r0, int64_t r1, int64_t d0, int64_t len, int64_t) {
-                   for (int64_t i = r0; i < r1; ++i) row_task(i, d0, len);
+                   const bool streaming = ds != nullptr && stream[r0 / ch.rows] != 0;
+                   for (int64_t i = r0; i < r1; ++i) row_task(i, d0, len, streaming);
+                   if (streaming) end_streaming();
                  });
 }
 
@@ -458,11 +477,8 @@ void block_mse_bwd_impl(const BlockMseParams& p) {
       }
     }
   };
-  // Which blocks of rows start in mapped pages, asked before any task writes (a task's first
-  // touch would map its neighbour's pages).
   const Chunking ch = block_chunking(p);
-  std::vector<uint8_t> stream((p.n + ch.rows - 1) / ch.rows);
-  for (size_t q = 0; q < stream.size(); ++q) stream[q] = mapped(dS + q * ch.rows * p.g * p.g * p.d);
+  const std::vector<uint8_t> stream = mapped_blocks(dS, p.n, ch.rows, p.g * p.g * p.d * sizeof(T));
   for_each_chunk(
       p.n, ch, p.g * p.g + k,
       [&](int64_t r0, int64_t r1, int64_t d0, int64_t len, int64_t) {
