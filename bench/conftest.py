@@ -83,10 +83,17 @@ class Timing:
     rounds: int
 
 
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1) -> dict:
+def interleaved(
+    fns: dict[str, Callable[[], object]],
+    rounds: int,
+    warmup: int = 1,
+    before: Callable[[], object] | None = None,
+) -> dict:
     """Time every contender round-robin, one call each per round, alternating the order every
     round: a burst of load from the other processes on these cores then hits all contenders
-    alike instead of whichever ran during it. Returns {name: Timing}."""
+    alike instead of whichever ran during it. `before`, if given, runs untimed before every
+    timed call (e.g. to start every contender with the same cache state, whoever ran before it).
+    Returns {name: Timing}."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -96,14 +103,16 @@ def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int =
     names = list(fns)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            before = resource.getrusage(resource.RUSAGE_SELF)
+            if before is not None:
+                before()
+            usage = resource.getrusage(resource.RUSAGE_SELF)
             start = time.perf_counter()
             fns[name]()
             elapsed = time.perf_counter() - start
             after = resource.getrusage(resource.RUSAGE_SELF)
             samples[name].append(elapsed)
-            sys_time[name] += after.ru_stime - before.ru_stime
-            faults[name] += after.ru_minflt - before.ru_minflt
+            sys_time[name] += after.ru_stime - usage.ru_stime
+            faults[name] += after.ru_minflt - usage.ru_minflt
     load = os.getloadavg()[0]
     out = {}
     for name, times in samples.items():
