@@ -140,11 +140,20 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     features, labels, dropped = accuracy.prepare(args.work, prep, "float32")
     configs = [tuple(c.split(":")) for c in args.configs]
+    # Runs of earlier invocations are kept (the latest of a configuration wins), so the table
+    # can be filled by several invocations.
+    saved = RESULTS / "label_free.json"
     results: dict = {}
+    if saved.exists():
+        for key, report in json.loads(saved.read_text()).items():
+            share, seed, slides, objective = key.split("/")
+            results[(float(share), int(seed), slides, objective)] = report
     for seed in args.seeds:
         for share in args.fractions:
             partial = partly_labelled(labels, share, args.work / f"labels_{share:g}.csv")
-            donor = None
+            # The teacher and baseline of an earlier run of this share and seed, if any.
+            donor = next((run for run in sorted(args.work.glob(f"run_{share:g}_seed{seed}_*"))
+                          if (run / "metrics.json").exists()), None)
             for slides, objective in configs:
                 name = f"run_{share:g}_seed{seed}_{slides}_{objective}"
                 report = distill(args.work, features, partial, name, seed, slides, objective,
@@ -157,8 +166,8 @@ def main() -> None:
                 text = summarise(results, args, args.slides, dropped)
                 (RESULTS / "label_free.md").write_text(text)
                 (RESULTS / "label_free.json").write_text(json.dumps(
-                    {"/".join(map(str, k)): {"summary": r["summary"], "per_fold": r["per_fold"],
-                                             "stage1": r["stage1"], "seconds": r["seconds"]}
+                    {"/".join(map(str, k)): {key: r[key] for key in (
+                        "summary", "per_fold", "stage1", "seconds", "models", "test_slides")}
                      for k, r in results.items()}, indent=1))
                 print(text, flush=True)
 
