@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--modes", nargs="+", default=["encoder", "adapter"])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--layers-dtypes", nargs="+", default=["float32"],
+    parser.add_argument("--layers-dtypes", nargs="+", default=["float16"],
                         choices=["float16", "float32"],
                         help="storage of the teacher layers (embed --layers-dtype); with two, "
                              "encoder mode runs on each (adapter mode reads no layer: first only)")
