@@ -75,25 +75,14 @@ def _copy_features(tmp: Path, toy: Path) -> Path:
     return feats
 
 
-def _other_dim(tmp: Path, toy: Path) -> Path:
-    """slide_003's LR features 12-d among 16-d ones."""
+def _other_dim(tmp: Path, toy: Path, mag: str, index: int, dim: int) -> Path:
+    """The `index`-th slide's `mag` features `dim`-d among 16-d ones."""
     feats = _copy_features(tmp, toy)
-    path = sorted((feats / "lr").glob("*.h5"))[3]
+    path = sorted((feats / mag).glob("*.h5"))[index]
     with h5py.File(path, "a") as f:
         n = f["features"].shape[0]
         del f["features"]
-        f.create_dataset("features", data=np.zeros((n, 12), dtype=np.float32))
-    return feats
-
-
-def _other_hr_dim(tmp: Path, toy: Path) -> Path:
-    """slide_005's HR features 8-d among 16-d ones."""
-    feats = _copy_features(tmp, toy)
-    path = sorted((feats / "hr").glob("*.h5"))[5]
-    with h5py.File(path, "a") as f:
-        n = f["features"].shape[0]
-        del f["features"]
-        f.create_dataset("features", data=np.zeros((n, 8), dtype=np.float32))
+        f.create_dataset("features", data=np.zeros((n, dim), dtype=np.float32))
     return feats
 
 
@@ -149,7 +138,7 @@ CASES = {
         toy, _labels(tmp / "l.csv", [*_rows(toy), {**_rows(toy)[0], "slide": "ghost"}]), [],
         ["ghost", "no features file"]),
     "one slide's features of another size": lambda tmp, toy: (
-        _other_dim(tmp, toy), None, [], ["slide_003", "mix embedding sizes"]),
+        _other_dim(tmp, toy, "lr", 3, 12), None, [], ["slide_003", "mix embedding sizes"]),
     "features folder missing": lambda tmp, toy: (tmp / "nofeat", toy / "labels.csv", [],
                                                  [tmp / "nofeat", "does not exist"]),
     "splits file with a bad role": lambda tmp, toy: (
@@ -169,7 +158,8 @@ CASES = {
         toy, _labels(tmp / "l.csv", [{**r, "label": "x"} for r in _rows(toy)]), [],
         [tmp / "l.csv", "single class 'x'"]),
     "one slide's HR features of another size": lambda tmp, toy: (
-        _other_hr_dim(tmp, toy), None, [], ["HR features in", "mix embedding sizes", "slide_005"]),
+        _other_dim(tmp, toy, "hr", 5, 8), None, [],
+        ["HR features in", "mix embedding sizes", "slide_005"]),
     "a features file that is not HDF5": lambda tmp, toy: (
         _corrupt(tmp, toy), None, [], ["slide_007.h5", "not a readable HDF5 file"]),
     "features folder without lr/": lambda tmp, toy: (
