@@ -42,12 +42,7 @@ def assert_one_line(result, *names: object) -> str:
 def assert_one_error_after_work(result, *names: object) -> str:
     """An error once work has begun (a progress bar or notes printed before it): handled, and
     exactly one `error:` line, naming each of `names`."""
-    assert_handled(result)
-    errors = [line for line in lines_of(result) if line.startswith("error:")]
-    assert len(errors) == 1, result.output
-    for name in names:
-        assert str(name) in errors[0], (name, errors[0])
-    return errors[0]
+    return _the_one_line(result, "error:", names)
 
 
 def assert_usage_error(result, command: str, *names: object) -> str:
@@ -67,12 +62,17 @@ def assert_usage_error(result, command: str, *names: object) -> str:
 
 def assert_one_failure(result, *names: object) -> str:
     """A per-slide run with one bad slide: exit 1, exactly one `failed:` line naming it."""
+    return _the_one_line(result, "failed:", names)
+
+
+def _the_one_line(result, prefix: str, names: tuple[object, ...]) -> str:
+    """A handled run's only line starting with `prefix`, checked to name each of `names`."""
     assert_handled(result)
-    failed = [line for line in lines_of(result) if line.startswith("failed:")]
-    assert len(failed) == 1, result.output
+    found = [line for line in lines_of(result) if line.startswith(prefix)]
+    assert len(found) == 1, result.output
     for name in names:
-        assert str(name) in failed[0], (name, failed[0])
-    return failed[0]
+        assert str(name) in found[0], (name, found[0])
+    return found[0]
 
 
 def files_under(folder: Path) -> list[str]:
