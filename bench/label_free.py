@@ -7,10 +7,12 @@ reused by every configuration), a share of the slides keeps its label (stratifie
 same slides for every seed) and the rest are listed with an empty label. Per labelled share and
 seed, `encoder` mode runs with stage 1 on (a) the fold's labelled training slides
 (`stage1.slides=train`) and (b) every slide outside the fold's test set (`all`), each with
-`stage1.objective=mse` and `vicreg`. The teacher and the LR baseline depend on none of these
+`stage1.objective=mse` and `vicreg` (and, on request, `stage1.weights=uniform`: a config
+`all:mse:uniform`). The teacher and the LR baseline depend on none of these
 settings (same labelled slides, splits and seeds), so each is trained once per share and seed
 and its files are copied into the other runs' folders, which then resume past them. Writes
-bench/results/label_free.md (and .json) after every run.
+bench/results/label_free.md (and .json) after every run; the md's hand-written verdict (from
+its `## What it says` heading on) is kept.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import accuracy  # noqa: E402  (the cohort's preparation)
 
 RESULTS = Path(__file__).parent / "results"
-CONFIGS = [("train", "mse"), ("all", "mse"), ("train", "vicreg"), ("all", "vicreg")]
+CONFIGS = [("train", "mse", "teacher"), ("all", "mse", "teacher"),
+           ("train", "vicreg", "teacher"), ("all", "vicreg", "teacher")]
+VERDICT = "## What it says"
 SHARED = ("teacher.safetensors", "teacher_outputs.h5", "pred_teacher.csv",
           "baseline.safetensors", "pred_baseline.csv")
 
@@ -54,13 +58,13 @@ def partly_labelled(labels: Path, share: float, out: Path) -> Path:
 
 
 def distill(work: Path, features: Path, labels: Path, name: str, seed: int, slides: str,
-            objective: str, donor: Path | None, overrides: list[str]) -> dict:
+            objective: str, weights: str, donor: Path | None, overrides: list[str]) -> dict:
     from lrmil.distill import load_config, run
 
     out = work / name
     cfg = load_config(overrides=["stage1.mode=encoder", f"seed={seed}", "stage1.read_workers=0",
                                  f"stage1.slides={slides}", f"stage1.objective={objective}",
-                                 *overrides],
+                                 f"stage1.weights={weights}", *overrides],
                       features=str(features), labels=str(labels), out=str(out))
     if donor is not None and not (out / "config.json").exists():
         for fold in sorted(donor.glob("fold_*")):
@@ -86,12 +90,18 @@ def summarise(results: dict, args, n_slides: int, dropped: list[str]) -> str:
              f"{len(dropped)} without tissue left out), embedded once with lrmil-cnn; "
              "`stage1.mode=encoder`, every other setting the default; 5 patient-level folds "
              "over the labelled slides.", "",
-             f"Command: `.venv/bin/python bench/label_free.py {' '.join(args.argv)}`", "",
+             "Command (the full design; finished runs are kept and reused, so invocations "
+             "with `--fractions`, `--seeds` or `--configs` fill the table in parts): "
+             f"`.venv/bin/python bench/label_free.py --work {args.work} --slides "
+             f"{args.slides} -- {' '.join(args.overrides)}`; the uniform-weights rows add "
+             "`--configs all:mse:uniform`.", "",
              "| labelled | seed | test slides / fold | teacher | baseline | stage 1 slides | "
-             "objective | stage-1 slides / fold (labelled + unlabelled) | student AUC | "
-             "recovered | minutes |", "|---" * 11 + "|"]
-    for key, report in results.items():
-        share, seed, slides, objective = key
+             "objective | HR weights | stage-1 slides / fold (labelled + unlabelled) | "
+             "student AUC | recovered | minutes |", "|---" * 12 + "|"]
+    configs = list(dict.fromkeys([*CONFIGS, *(key[2:] for key in results)]))
+    for key, report in sorted(results.items(), key=lambda item: (
+            -item[0][0], item[0][1], configs.index(item[0][2:]))):
+        share, seed, slides, objective, weights = key
         s = report["summary"]
         auc = {m: s[m]["auc"]["mean"] for m in report["models"]}
         per_fold = report["stage1"]["per_fold"].values()
@@ -99,23 +109,24 @@ def summarise(results: dict, args, n_slides: int, dropped: list[str]) -> str:
                                                                     for n in per_fold])
         lines.append(
             f"| {share:.0%} | {seed} | {report['test_slides']:.0f} | {auc['teacher']:.3f} | "
-            f"{auc['baseline']:.3f} | {slides} | {objective} | {seen[0]:.0f} + {seen[1]:.0f} | "
+            f"{auc['baseline']:.3f} | {slides} | {objective} | {weights} | "
+            f"{seen[0]:.0f} + {seen[1]:.0f} | "
             f"{auc['student']:.3f} | {s['student']['gap_recovered_of_means']['mean']:.2f} | "
             f"{report['seconds'] / 60:.1f} |")
     lines += ["", "Mean over the seeds run, per labelled share (gap recovered of the mean "
-              "AUCs):", "", "| labelled | stage 1 slides | objective | seeds | teacher | "
-              "baseline | student | recovered |", "|---|---|---|---|---|---|---|---|"]
-    for share in args.fractions:
-        for slides, objective in CONFIGS:
-            runs = [r for (sh, _, sl, ob), r in results.items()
-                    if sh == share and sl == slides and ob == objective]
+              "AUCs):", "", "| labelled | stage 1 slides | objective | HR weights | seeds | "
+              "teacher | baseline | student | recovered |", "|---" * 9 + "|"]
+    for share in sorted({key[0] for key in results}, reverse=True):
+        for config in configs:
+            runs = [r for key, r in results.items() if key[0] == share and key[2:] == config]
             if not runs:
                 continue
+            slides, objective, weights = config
             mean = {m: np.mean([r["summary"][m]["auc"]["mean"] for r in runs])
                     for m in ("teacher", "baseline", "student")}
             gap = mean["teacher"] - mean["baseline"]
             rec = (mean["student"] - mean["baseline"]) / gap if gap > 0 else float("nan")
-            lines.append(f"| {share:.0%} | {slides} | {objective} | {len(runs)} | "
+            lines.append(f"| {share:.0%} | {slides} | {objective} | {weights} | {len(runs)} | "
                          f"{mean['teacher']:.3f} | {mean['baseline']:.3f} | "
                          f"{mean['student']:.3f} | {rec:.2f} |")
     return "\n".join(lines) + "\n"
@@ -126,45 +137,51 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/lrmil-label-free"))
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--configs", nargs="+", default=[f"{a}:{b}" for a, b in CONFIGS],
-                        help="stage1.slides:stage1.objective pairs, in the order they run")
+    parser.add_argument("--configs", nargs="+", default=[":".join(c) for c in CONFIGS],
+                        help="stage1.slides:stage1.objective[:stage1.weights], in the order "
+                             "they run (weights default: teacher)")
     parser.add_argument("--slides", type=int, default=100)
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("overrides", nargs="*", help="distill settings, e.g. stage1.epochs=2")
     args = parser.parse_args()
-    args.argv = sys.argv[1:]
     prep = argparse.Namespace(slides=args.slides, size=args.size, patch_size=64, foci=[8, 12],
                               radius=[25.0, 45.0], lymph=[8, 12], nests=[6, 10],
                               workers=args.workers)
     args.work.mkdir(parents=True, exist_ok=True)
     features, labels, dropped = accuracy.prepare(args.work, prep, "float32")
-    configs = [tuple(c.split(":")) for c in args.configs]
+    configs = [(*c.split(":"), "teacher")[:3] for c in args.configs]
     # Runs of earlier invocations are kept (the latest of a configuration wins), so the table
     # can be filled by several invocations.
     saved = RESULTS / "label_free.json"
     results: dict = {}
     if saved.exists():
         for key, report in json.loads(saved.read_text()).items():
-            share, seed, slides, objective = key.split("/")
-            results[(float(share), int(seed), slides, objective)] = report
+            share, seed, slides, objective, *weights = key.split("/")
+            results[(float(share), int(seed), slides, objective, *(weights or ["teacher"]))] = \
+                report
     for seed in args.seeds:
         for share in args.fractions:
             partial = partly_labelled(labels, share, args.work / f"labels_{share:g}.csv")
             # The teacher and baseline of an earlier run of this share and seed, if any.
             donor = next((run for run in sorted(args.work.glob(f"run_{share:g}_seed{seed}_*"))
                           if (run / "metrics.json").exists()), None)
-            for slides, objective in configs:
-                name = f"run_{share:g}_seed{seed}_{slides}_{objective}"
+            for slides, objective, weights in configs:
+                name = f"run_{share:g}_seed{seed}_{slides}_{objective}" + (
+                    "" if weights == "teacher" else f"_{weights}")
                 report = distill(args.work, features, partial, name, seed, slides, objective,
-                                 donor, args.overrides)
+                                 weights, donor, args.overrides)
                 donor = donor or args.work / name
                 folds = [len(f) for f in _test_sets(args.work / name)]
                 report["test_slides"] = float(np.mean(folds))
-                results[(share, seed, slides, objective)] = report
+                results[(share, seed, slides, objective, weights)] = report
                 RESULTS.mkdir(exist_ok=True)
                 text = summarise(results, args, args.slides, dropped)
-                (RESULTS / "label_free.md").write_text(text)
+                md = RESULTS / "label_free.md"
+                old = md.read_text() if md.exists() else ""
+                if VERDICT in old:
+                    text += "\n" + old[old.index(VERDICT):]
+                md.write_text(text)
                 (RESULTS / "label_free.json").write_text(json.dumps(
                     {"/".join(map(str, k)): {key: r[key] for key in (
                         "summary", "per_fold", "stage1", "seconds", "models", "test_slides")}
