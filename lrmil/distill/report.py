@@ -226,9 +226,16 @@ def stage1_markdown(stage1: dict[str, Any]) -> list[str]:
              + ("the fold's labelled training slides" if stage1["slides"] == "train" else
                 "every slide outside the fold's test set and its patients") + ").", "",
              "| fold | labelled slides | unlabelled slides |", "|---|---|---|"]
-    lines += [f"| {k} | {n['labelled']} | {n['unlabelled']} |"
-              for k, n in stage1["per_fold"].items()]
-    return lines
+    rows = stage1["per_fold"].items()
+    if stage1["weights"] != "teacher":
+        return lines + [f"| {k} | {n['labelled']} | {n['unlabelled']} |" for k, n in rows]
+    lines[-2:] = ["| fold | labelled slides | unlabelled slides | teacher validation AUC |",
+                  "|---|---|---|---|"]
+    lines += [f"| {k} | {n['labelled']} | {n['unlabelled']} | {n['teacher_val_auc']:.3f} |"
+              for k, n in rows]
+    return lines + ["", "The teacher's attention weights each LR patch's HR children: a fold "
+                    "whose teacher validates poorly steers its stage 1 with that attention on "
+                    "every slide it weights (bench/results/label_free.md)."]
 
 
 def roc_plot(run_dir: Path, report: dict[str, Any], path: Path) -> None:

@@ -22,6 +22,7 @@ import torch
 from lrmil.data.store import ArrayKey, FeatureStore
 from lrmil.distill.baseline import train_baseline
 from lrmil.distill.calibration import calibrate_run
+from lrmil.distill.checkpoint import load_state
 from lrmil.distill.cohort import Cohort, few, load_cohort
 from lrmil.distill.config import DistillConfig, save_config
 from lrmil.distill.final import FINAL_FOLD, read_training, train_final
@@ -152,7 +153,7 @@ def _report(cfg: DistillConfig, cohort: Cohort, layout: RunLayout, folds: list[F
     report = build_report(layout.root, indices, models, cohort.class_names,
                           {"mode": cfg.stage1.mode if cfg.stage1.enabled else "none",
                            "cohort": cohort.summary(), "fold_counts": cohort.split_counts(folds),
-                           "stage1": _stage1_summary(cfg, cohort, folds),
+                           "stage1": _stage1_summary(cfg, cohort, layout, folds),
                            "calibration": calibration.to_dict(),
                            "final": read_training(layout)}, seed=cfg.seed)
     write_report(layout.root, report)
@@ -233,9 +234,12 @@ def _fold_steps(cfg: DistillConfig, cohort: Cohort, fold: Fold, out: FoldLayout,
                                            seed_for(cfg.seed, k, "baseline"), tick))
 
 
-def _stage1_summary(cfg: DistillConfig, cohort: Cohort, folds: list[Fold]
+def _stage1_summary(cfg: DistillConfig, cohort: Cohort, layout: RunLayout, folds: list[Fold]
                     ) -> dict[str, Any] | None:
-    """What report.md says of stage 1: its settings and the slides each fold's saw."""
+    """What report.md says of stage 1: its settings, the slides each fold's saw and, where the
+    teacher's attention weights the children, that teacher's validation AUC (known before any
+    test slide is read): a teacher that validates poorly misleads stage 1 on every slide it
+    weights, unlabelled ones included."""
     if not cfg.stage1.enabled:
         return None
     per_fold = {}
@@ -244,6 +248,9 @@ def _stage1_summary(cfg: DistillConfig, cohort: Cohort, folds: list[Fold]
         unlabelled = sum(name in cohort.unlabelled for name in names)
         per_fold[str(fold.index)] = {"labelled": len(names) - unlabelled,
                                      "unlabelled": unlabelled}
+        if cfg.stage1.weights == "teacher":
+            _, meta = load_state(layout.fold(fold.index).model("teacher"))
+            per_fold[str(fold.index)]["teacher_val_auc"] = meta["val_auc"]
     return {"slides": cfg.stage1.slides, "weights": cfg.stage1.weights,
             "objective": cfg.stage1.objective, "per_fold": per_fold}
 

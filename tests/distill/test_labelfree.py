@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from lrmil.distill import load_config, run
+from lrmil.distill.checkpoint import load_state
 from lrmil.distill.cohort import UNLABELLED, load_cohort
 from lrmil.distill.predictions import read_predictions
+from lrmil.distill.report import stage1_markdown
 from lrmil.distill.splits import read_splits
 from lrmil.distill.stage1 import _load_groups, _plan, stage1_slides
 from lrmil.distill.toy import TINY_OVERRIDES
@@ -84,11 +86,16 @@ def test_stage1_never_sees_a_test_slide_nor_a_test_patient(labelfree_run):
         assert set(fold.train) | set(fold.val) <= names  # all = every slide outside the test
         expected = set(UNLABELLED_SLIDES) - ({"slide_023"} if "slide_000" in fold.test else set())
         assert names & set(UNLABELLED_SLIDES) == expected
+        _, teacher = load_state(tmp / "run" / f"fold_{fold.index}" / "teacher.safetensors")
         assert report["stage1"]["per_fold"][str(fold.index)] == {
-            "labelled": len(fold.train) + len(fold.val), "unlabelled": len(expected)}
+            "labelled": len(fold.train) + len(fold.val), "unlabelled": len(expected),
+            "teacher_val_auc": teacher["val_auc"]}
     assert any("slide_000" in fold.test for fold in folds)
     text = (tmp / "run" / "report.md").read_text()
     assert "## Stage 1" in text and "Objective vicreg, children weighted by the teacher" in text
+    per_fold = report["stage1"]["per_fold"]["1"]
+    assert (f"| 1 | {per_fold['labelled']} | {per_fold['unlabelled']} | "
+            f"{per_fold['teacher_val_auc']:.3f} |") in text
     assert "6 unlabelled slide(s) (empty label; stage 1 only" in text
 
 
@@ -165,3 +172,14 @@ def test_train_is_the_folds_labelled_training_slides(toy_features, tmp_path):
     every = stage1_slides(cohort, fold, "all")
     assert "slide_000" not in every and "slide_023" not in every  # a test patient's slide
     assert "slide_003" in every and "slide_022" in every and "slide_017" in every
+
+
+def test_the_stage1_table_gives_the_teacher_validation_auc_when_its_attention_weights():
+    folds = {"1": {"labelled": 3, "unlabelled": 2}}
+    uniform = stage1_markdown({"objective": "mse", "weights": "uniform", "slides": "all",
+                               "per_fold": folds})
+    assert uniform[-2:] == ["|---|---|---|", "| 1 | 3 | 2 |"]
+    teacher = stage1_markdown({"objective": "mse", "weights": "teacher", "slides": "all",
+                               "per_fold": {"1": {**folds["1"], "teacher_val_auc": 0.70833}}})
+    assert "| fold | labelled slides | unlabelled slides | teacher validation AUC |" in teacher
+    assert "| 1 | 3 | 2 | 0.708 |" in teacher
