@@ -179,7 +179,13 @@ def test_the_stage1_table_gives_the_teacher_validation_auc_when_its_attention_we
     uniform = stage1_markdown({"objective": "mse", "weights": "uniform", "slides": "all",
                                "per_fold": folds})
     assert uniform[-2:] == ["|---|---|---|", "| 1 | 3 | 2 |"]
+    assert not any("misleads" in line for line in uniform)
+    folds = {"1": {**folds["1"], "teacher_val_auc": 0.70833}}
     teacher = stage1_markdown({"objective": "mse", "weights": "teacher", "slides": "all",
-                               "per_fold": {"1": {**folds["1"], "teacher_val_auc": 0.70833}}})
-    assert "| fold | labelled slides | unlabelled slides | teacher validation AUC |" in teacher
-    assert "| 1 | 3 | 2 | 0.708 |" in teacher
+                               "per_fold": folds})
+    assert teacher[4:7] == ["| fold | labelled slides | unlabelled slides | teacher validation "
+                            "AUC |", "|---|---|---|---|", "| 1 | 3 | 2 | 0.708 |"]
+    assert "stage1.weights=uniform" in teacher[-1]  # the remedy, on slides it never saw
+    train = stage1_markdown({"objective": "mse", "weights": "teacher", "slides": "train",
+                             "per_fold": folds})
+    assert train[-1] == "| 1 | 3 | 2 | 0.708 |"
