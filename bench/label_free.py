@@ -94,11 +94,13 @@ def summarise(results: dict, args, n_slides: int, dropped: list[str]) -> str:
              "with `--fractions`, `--seeds` or `--configs` fill the table in parts): "
              f"`.venv/bin/python bench/label_free.py --work {args.work} --slides "
              f"{args.slides} -- {' '.join(args.overrides)}`; the uniform-weights rows add "
-             "`--configs all:mse:uniform`.", "",
+             "`--configs train:mse:uniform all:mse:uniform`.", "",
              "| labelled | seed | test slides / fold | teacher | baseline | stage 1 slides | "
              "objective | HR weights | stage-1 slides / fold (labelled + unlabelled) | "
              "student AUC | recovered | minutes |", "|---" * 12 + "|"]
-    configs = list(dict.fromkeys([*CONFIGS, *(key[2:] for key in results)]))
+    # The design's configurations, then any others: per weights and objective, train first.
+    configs = list(dict.fromkeys([*CONFIGS, *sorted(
+        (key[2:] for key in results), key=lambda c: (c[2], c[1], c[0] != "train"))]))
     for key, report in sorted(results.items(), key=lambda item: (
             -item[0][0], item[0][1], configs.index(item[0][2:]))):
         share, seed, slides, objective, weights = key
