@@ -159,9 +159,8 @@ def main() -> None:
     results: dict = {}
     if saved.exists():
         for key, report in json.loads(saved.read_text()).items():
-            share, seed, slides, objective, *weights = key.split("/")
-            results[(float(share), int(seed), slides, objective, *(weights or ["teacher"]))] = \
-                report
+            share, seed, slides, objective, weights = key.split("/")
+            results[(float(share), int(seed), slides, objective, weights)] = report
     for seed in args.seeds:
         for share in args.fractions:
             partial = partly_labelled(labels, share, args.work / f"labels_{share:g}.csv")
@@ -177,18 +176,21 @@ def main() -> None:
                 folds = [len(f) for f in _test_sets(args.work / name)]
                 report["test_slides"] = float(np.mean(folds))
                 results[(share, seed, slides, objective, weights)] = report
-                RESULTS.mkdir(exist_ok=True)
-                text = summarise(results, args, args.slides, dropped)
-                md = RESULTS / "label_free.md"
-                old = md.read_text() if md.exists() else ""
-                if VERDICT in old:
-                    text += "\n" + old[old.index(VERDICT):]
-                md.write_text(text)
-                (RESULTS / "label_free.json").write_text(json.dumps(
-                    {"/".join(map(str, k)): {key: r[key] for key in (
-                        "summary", "per_fold", "stage1", "seconds", "models", "test_slides")}
-                     for k, r in results.items()}, indent=1))
-                print(text, flush=True)
+                print(write_results(results, args, dropped), flush=True)
+
+
+def write_results(results: dict, args, dropped: list[str]) -> str:
+    """label_free.json and label_free.md, keeping the md's hand-written verdict; the table."""
+    RESULTS.mkdir(exist_ok=True)
+    text = summarise(results, args, args.slides, dropped)
+    md = RESULTS / "label_free.md"
+    old = md.read_text() if md.exists() else ""
+    md.write_text(text + ("\n" + old[old.index(VERDICT):] if VERDICT in old else ""))
+    (RESULTS / "label_free.json").write_text(json.dumps(
+        {"/".join(map(str, k)): {key: r[key] for key in (
+            "summary", "per_fold", "stage1", "seconds", "models", "test_slides")}
+         for k, r in results.items()}, indent=1))
+    return text
 
 
 def _test_sets(run: Path) -> list[list[str]]:

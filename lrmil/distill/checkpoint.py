@@ -32,6 +32,16 @@ def save_module(module: nn.Module, path: Path, meta: dict) -> None:
 
 
 def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The checkpoint's tensors and its lrmil metadata."""
+    return _read(path, with_state=True)
+
+
+def load_meta(path: Path) -> dict:
+    """The checkpoint's lrmil metadata (best epoch, validation AUC, ...), no tensor read."""
+    return _read(path, with_state=False)[1]
+
+
+def _read(path: Path, with_state: bool) -> tuple[dict[str, torch.Tensor], dict]:
     from safetensors import safe_open
 
     if not path.is_file():
@@ -39,7 +49,8 @@ def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = json.loads((fh.metadata() or {}).get("lrmil", "{}"))
-            state = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 (no __iter__)
+            state = ({key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118
+                     if with_state else {})
     except Exception as exc:  # safetensors raises its own error types
         raise FileFormatError(f"checkpoint {path} cannot be read: {exc}") from exc
     return state, meta

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lrmil.distill.checkpoint import load_state
+from lrmil.distill.checkpoint import load_meta
 from lrmil.distill.cohort import Cohort
 from lrmil.distill.config import DistillConfig
 from lrmil.distill.layout import RunLayout
@@ -49,7 +49,7 @@ def final_epochs(layout: RunLayout, folds: list[int]) -> dict[str, dict[str, Any
     for model in EPOCH_MODELS:
         best = {}
         for k in folds:
-            _, meta = load_state(layout.fold(k).model(model))
+            meta = load_meta(layout.fold(k).model(model))
             if "best_epoch" not in meta:
                 raise FileFormatError(f"{layout.fold(k).model(model)} does not record its best "
                                       "epoch; re-run `lrmil distill` in a new --out")

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from lrmil.distill.checkpoint import load_mil, load_state
+from lrmil.distill.checkpoint import load_meta, load_mil, load_state
 from lrmil.distill.config import DistillConfig, from_dict
 from lrmil.distill.layout import FoldLayout, RunLayout
 from lrmil.distill.stage1 import load_adapter
@@ -66,7 +66,7 @@ def best_fold(run: str | Path) -> int:
     scores: dict[int, float] = {}
     for fold in layout.folds():
         if fold.model("student").is_file():
-            _, meta = load_state(fold.model("student"))
+            meta = load_meta(fold.model("student"))
             scores[fold.index] = float(meta.get("val_auc", float("-inf")))
     if not scores:
         raise FileFormatError(f"run {layout.root} has no trained fold student "

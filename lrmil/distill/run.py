@@ -22,7 +22,7 @@ import torch
 from lrmil.data.store import ArrayKey, FeatureStore
 from lrmil.distill.baseline import train_baseline
 from lrmil.distill.calibration import calibrate_run
-from lrmil.distill.checkpoint import load_state
+from lrmil.distill.checkpoint import load_meta
 from lrmil.distill.cohort import Cohort, few, load_cohort
 from lrmil.distill.config import DistillConfig, save_config
 from lrmil.distill.final import FINAL_FOLD, read_training, train_final
@@ -249,7 +249,7 @@ def _stage1_summary(cfg: DistillConfig, cohort: Cohort, layout: RunLayout, folds
         per_fold[str(fold.index)] = {"labelled": len(names) - unlabelled,
                                      "unlabelled": unlabelled}
         if cfg.stage1.weights == "teacher":
-            _, meta = load_state(layout.fold(fold.index).model("teacher"))
+            meta = load_meta(layout.fold(fold.index).model("teacher"))
             per_fold[str(fold.index)]["teacher_val_auc"] = meta["val_auc"]
     return {"slides": cfg.stage1.slides, "weights": cfg.stage1.weights,
             "objective": cfg.stage1.objective, "per_fold": per_fold}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lrmil.distill import load_config, run
-from lrmil.distill.checkpoint import load_state
+from lrmil.distill.checkpoint import load_meta
 from lrmil.distill.cohort import UNLABELLED, load_cohort
 from lrmil.distill.predictions import read_predictions
 from lrmil.distill.report import stage1_markdown
@@ -86,7 +86,7 @@ def test_stage1_never_sees_a_test_slide_nor_a_test_patient(labelfree_run):
         assert set(fold.train) | set(fold.val) <= names  # all = every slide outside the test
         expected = set(UNLABELLED_SLIDES) - ({"slide_023"} if "slide_000" in fold.test else set())
         assert names & set(UNLABELLED_SLIDES) == expected
-        _, teacher = load_state(tmp / "run" / f"fold_{fold.index}" / "teacher.safetensors")
+        teacher = load_meta(tmp / "run" / f"fold_{fold.index}" / "teacher.safetensors")
         assert report["stage1"]["per_fold"][str(fold.index)] == {
             "labelled": len(fold.train) + len(fold.val), "unlabelled": len(expected),
             "teacher_val_auc": teacher["val_auc"]}
